@@ -1,0 +1,84 @@
+"""Registry of ImageNet backbones from tf.keras.applications.
+
+Each backbone owns its input normalization, as a layer inside the model: Transform
+hands every backbone the same float32 RGB image in [0, 255], and serving cannot
+normalize differently from training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tensorflow as tf
+
+
+@tf.keras.utils.register_keras_serializable(package="xfer")
+class CaffeNormalization(tf.keras.layers.Layer):
+    """VGG's 'caffe' preprocessing: RGB -> BGR, minus the ImageNet channel means."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        bgr = tf.reverse(inputs, axis=[-1])
+        return bgr - tf.constant(self.MEAN_BGR, dtype=inputs.dtype)
+
+
+def _mobilenet_normalization() -> tf.keras.layers.Layer:
+    # MobileNetV2 expects [-1, 1].
+    return tf.keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    min_size: int
+    build: Callable[..., tf.keras.Model]
+    normalization: Callable[[], tf.keras.layers.Layer]
+
+
+def _vgg16(input_shape, weights, alpha):
+    return tf.keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
+
+
+def _mobilenet_v2(input_shape, weights, alpha):
+    return tf.keras.applications.MobileNetV2(
+        include_top=False, weights=weights, input_shape=input_shape, alpha=alpha)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone("vgg16", 32, _vgg16, lambda: CaffeNormalization(name="normalize")),
+    "mobilenet_v2": Backbone("mobilenet_v2", 32, _mobilenet_v2, _mobilenet_normalization),
+}
+
+
+def get(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}") from None
+
+
+def build_base(name: str, image_size: int, weights: str, alpha: float = 1.0) -> tf.keras.Model:
+    """The convolutional base, without its ImageNet top, with the requested weights.
+
+    `weights` is 'imagenet', 'none' (random init) or a path (local or gs://) to a
+    weights file saved from the same architecture.
+    """
+    spec = get(name)
+    shape = (image_size, image_size, 3)
+    if weights == "none":
+        return spec.build(shape, None, alpha)
+    if weights == "imagenet":
+        return spec.build(shape, "imagenet", alpha)
+    if not tf.io.gfile.exists(weights):
+        raise FileNotFoundError(
+            f"model.weights: weights file '{weights}' does not exist; give a path to a Keras "
+            f"weights file for {name}, or 'imagenet', or 'none'")
+    base = spec.build(shape, None, alpha)
+    local = weights
+    if "://" in weights:
+        # Keras loads only local files; copy a gs:// file next to the run first.
+        local = f"/tmp/xfer-weights-{abs(hash(weights))}.h5"
+        tf.io.gfile.copy(weights, local, overwrite=True)
+    base.load_weights(local)
+    return base

@@ -1,0 +1,50 @@
+"""Transform: decode encoded image bytes to RGB, resize; labels to integer ids.
+
+No augmentation here: Transform runs once, so anything random would be frozen into
+the data, and this graph is also applied at serving time.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+# Names of the transformed features, whatever the raw keys are called.
+IMAGE = "image"
+LABEL = "label"
+LABEL_VOCABULARY = "label_vocabulary"
+
+
+def as_vector(x) -> tf.Tensor:
+    """A raw scalar feature as a dense [batch] tensor, whatever its parsed form."""
+    if isinstance(x, tf.SparseTensor):
+        x = tf.sparse.to_dense(x, default_value="" if x.dtype == tf.string else 0)
+    return tf.reshape(x, [-1])
+
+
+def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """One JPEG/PNG/GIF/BMP image (any size, grayscale/RGBA too) -> float32 [size, size, 3] in [0, 255]."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    image = tf.image.resize(tf.cast(image, tf.float32), [size, size])
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def decode_images(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """A batch of encoded images [batch] -> float32 [batch, size, size, 3]."""
+    return tf.map_fn(
+        lambda b: decode_image(b, size), encoded,
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+def preprocessing_fn(inputs, custom_config):
+    data = custom_config["data"]
+    size = custom_config["model"]["image_size"]
+    outputs = {IMAGE: decode_images(as_vector(inputs[data["image_key"]]), size)}
+    if data["label_key"] in inputs:
+        label = as_vector(inputs[data["label_key"]])
+        if label.dtype == tf.string:
+            label = tft.compute_and_apply_vocabulary(
+                label, vocab_filename=LABEL_VOCABULARY, store_frequency=False)
+        outputs[LABEL] = tf.cast(label, tf.int64)
+    return outputs

@@ -1,0 +1,292 @@
+"""The one config object: loaded from YAML, validated, handed to every step.
+
+Every step gets what it needs from this object (through `custom_config` or component
+parameters), so a run is fully described by its YAML file plus `--set` overrides.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SHIPPED_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key, the value and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    builtin: Optional[Literal["digits"]] = Field(
+        None, description="An embedded dataset, made into TFRecords at first use (offline).")
+    input_base: Optional[str] = Field(
+        None, description="Folder (local or gs://) holding the TFRecords of tf.Example.")
+    splits: dict[str, str] = Field(
+        default_factory=dict,
+        description="Split name -> file pattern under input_base, e.g. {train: 'train/*', eval: 'eval/*'}. "
+                    "Empty: one input, hash-split by `hash_buckets`.")
+    pattern: str = Field("*", description="File pattern under input_base when `splits` is empty.")
+    hash_buckets: dict[str, int] = Field(
+        default_factory=lambda: {"train": 4, "eval": 1},
+        description="Hash-split ratios used when `splits` is empty.")
+    image_key: str = "image"
+    label_key: str = "label"
+    labels_file: Optional[str] = Field(
+        None, description="labels.txt, one class name per line, line i naming label i.")
+    num_classes: Optional[int] = Field(None, ge=2)
+    schema_path: Optional[str] = Field(
+        None, description="A curated schema.pbtxt imported with ImportSchemaGen; SchemaGen infers one if unset.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.builtin is None and self.input_base is None:
+            raise ValueError("data needs either `builtin: digits` or `input_base: <folder of TFRecords>`")
+        if self.builtin is not None and self.input_base is not None:
+            raise ValueError("data.builtin and data.input_base are exclusive; set one")
+        if not self.splits and not ({"train", "eval"} <= set(self.hash_buckets)):
+            raise ValueError("data.hash_buckets must name the splits 'train' and 'eval'")
+        if self.splits and not ({"train", "eval"} <= set(self.splits)):
+            raise ValueError(f"data.splits must name 'train' and 'eval'; got {sorted(self.splits)}")
+        return self
+
+
+class HeadConfig(_Strict):
+    pooling: Literal["avg", "max", "flatten"] = "avg"
+    dense: list[int] = Field(default_factory=list, description="Units of hidden Dense layers, in order.")
+    activation: str = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["vgg16", "mobilenet_v2"] = "mobilenet_v2"
+    weights: str = Field("imagenet", description="imagenet | none | path to a weights file (local or gs://)")
+    alpha: float = Field(1.0, gt=0.0, description="MobileNetV2 width multiplier.")
+    image_size: int = Field(224, ge=1)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+
+class TransferConfig(_Strict):
+    epochs: int = Field(3, ge=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+
+
+class FineTuneConfig(_Strict):
+    enabled: bool = True
+    epochs: int = Field(3, ge=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    from_layer: Optional[str] = Field(
+        None, description="Unfreeze the base from this layer on (e.g. block5_conv1).")
+    fraction: float = Field(0.2, gt=0.0, le=1.0, description="Else unfreeze this top fraction of base layers.")
+
+
+class AugmentConfig(_Strict):
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    rotation: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of a full turn (40 degrees ~ 0.11).")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    translation: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Default: one pass over the train split.")
+    shuffle_buffer: int = Field(1024, ge=1)
+    seed: int = 42
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class EvalConfig(_Strict):
+    min_accuracy: Optional[float] = Field(
+        0.0, description="Bless only when eval accuracy >= this (null: no value threshold).")
+    max_drop: Optional[float] = Field(
+        0.0, ge=0.0,
+        description="Bless only when accuracy is at most this much below the latest blessed model "
+                    "(absolute; null: no change threshold).")
+
+    @model_validator(mode="after")
+    def _some_threshold(self):
+        if self.min_accuracy is None and self.max_drop is None:
+            # TFMA writes no blessing at all without a threshold, so the Pusher would never push.
+            raise ValueError("eval needs at least one of min_accuracy or max_drop")
+        return self
+
+
+class PushConfig(_Strict):
+    destination: Optional[str] = Field(None, description="Default: <root>/serving.")
+
+
+class KubeflowConfig(_Strict):
+    image: Optional[str] = Field(None, description="The project's container image every step runs in.")
+
+
+class Config(_Strict):
+    name: str = Field("xfer", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    root: str = Field("runs/xfer", description="Local working folder; other paths default under it.")
+    pipeline_root: Optional[str] = None
+    metadata_path: Optional[str] = None
+    enable_cache: bool = True
+    beam_pipeline_args: list[str] = Field(default_factory=lambda: ["--direct_running_mode=in_memory"])
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
+    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+
+    @model_validator(mode="after")
+    def _fill_paths(self):
+        base = self.root.rstrip("/")
+        if self.pipeline_root is None:
+            self.pipeline_root = f"{base}/pipeline_root"
+        if self.metadata_path is None:
+            self.metadata_path = f"{base}/metadata.sqlite"
+        if self.push.destination is None:
+            self.push.destination = f"{base}/serving"
+        return self
+
+    @property
+    def data_dir(self) -> str:
+        """Where the TFRecords are: input_base, or the embedded dataset's folder."""
+        if self.data.builtin:
+            return f"{self.root.rstrip('/')}/data/{self.data.builtin}"
+        return self.data.input_base
+
+    @property
+    def labels_file(self) -> Optional[str]:
+        if self.data.labels_file:
+            return self.data.labels_file
+        if self.data.builtin:
+            return f"{self.data_dir}/labels.txt"
+        return None
+
+    def step_config(self) -> dict[str, Any]:
+        """The JSON-safe dict that steps receive as custom_config."""
+        d = self.model_dump(mode="json")
+        d["labels_file"] = self.labels_file
+        return d
+
+
+# --- loading ---------------------------------------------------------------------
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A file path, or the name of a shipped config (demo, local, kubeflow)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = SHIPPED_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    raise ConfigError(
+        f"config file '{name_or_path}' not found; give a path to a YAML file or one of the "
+        f"shipped configs: {', '.join(shipped_configs())}")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}' is not key=value; e.g. --set train.batch_size=16")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set '{item}' has no key; e.g. --set train.batch_size=16")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item}: '{part}' is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at the section `loc` names (for an unknown-key message)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = err["loc"]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return (f"{source}: unknown key '{key}'{hint}; allowed keys here: {', '.join(allowed)}")
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return f"{source}: {key}: {msg}"
+    return f"{source}: bad value for '{key}': {value!r} ({type(value).__name__}); {msg[0].lower() + msg[1:]}"
+
+
+def validate(raw: dict, source: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the file must hold a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
+
+
+def load_config(name_or_path: str, overrides: Optional[list[str]] = None) -> Config:
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source=str(path))
+
+
+def to_absolute(config: Config) -> Config:
+    """Local relative paths made absolute, so steps find them whatever their cwd."""
+    def fix(p: Optional[str]) -> Optional[str]:
+        if p is None or "://" in p or os.path.isabs(p):
+            return p
+        return os.path.abspath(p)
+
+    d = config.model_dump()
+    for key in ("root", "pipeline_root", "metadata_path"):
+        d[key] = fix(d[key])
+    for key in ("input_base", "labels_file", "schema_path"):
+        d["data"][key] = fix(d["data"][key])
+    d["push"]["destination"] = fix(d["push"]["destination"])
+    if d["model"]["weights"] not in ("imagenet", "none"):
+        d["model"]["weights"] = fix(d["model"]["weights"])
+    return Config.model_validate(d)

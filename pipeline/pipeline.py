@@ -1,0 +1,129 @@
+"""The one DAG. Local, Kubeflow and Vertex runs differ only in runner and config."""
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from pipeline.config import Config
+
+TRANSFORM_FN = "components.transform.preprocessing_fn"
+RUN_FN = "components.trainer.run_fn"
+
+# Node ids, in DAG order; the CLI and tests refer to components by these names.
+COMPONENTS = [
+    "ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
+    "Trainer", "LatestBlessedModelResolver", "Evaluator", "Pusher",
+]
+
+
+def _input_config(config: Config) -> Optional[tfx.proto.Input]:
+    if not config.data.splits:
+        return None
+    return tfx.proto.Input(splits=[
+        tfx.proto.Input.Split(name=name, pattern=pattern)
+        for name, pattern in config.data.splits.items()])
+
+
+def _output_config(config: Config) -> Optional[tfx.proto.Output]:
+    if config.data.splits:
+        return None  # the input is already split
+    return tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+        tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets)
+        for name, buckets in config.data.hash_buckets.items()]))
+
+
+def eval_config(config: Config) -> tfma.EvalConfig:
+    """TFMA: accuracy on the eval split, judged by the configured thresholds."""
+    from components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES
+    from components.transform import LABEL
+
+    threshold = tfma.MetricThreshold()
+    if config.eval.min_accuracy is not None:
+        threshold.value_threshold.CopyFrom(
+            tfma.GenericValueThreshold(lower_bound={"value": config.eval.min_accuracy}))
+    if config.eval.max_drop is not None:
+        threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -config.eval.max_drop}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name=SERVING_EXAMPLES,
+            preprocessing_function_names=[TRANSFORM_FEATURES],
+            label_key=LABEL,
+            prediction_key=PREDICTION_KEY)],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", threshold=threshold),
+            tfma.MetricConfig(class_name="ExampleCount"),
+        ])])
+
+
+def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=config.data_dir,
+        input_config=_input_config(config),
+        output_config=_output_config(config))
+
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+
+    if config.data.schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema_path)
+    else:
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    schema_gen = schema_gen.with_id("SchemaGen")
+
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+
+    step_config = config.step_config()
+    # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer
+    # and the Evaluator apply the transform graph to the raw examples instead.
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=TRANSFORM_FN,
+        materialize=False,
+        custom_config=step_config)
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config=step_config)
+
+    resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        example_splits=["eval"],
+        model=trainer.outputs["model"],
+        baseline_model=resolver.outputs["model"],
+        eval_config=eval_config(config))
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push.destination)))
+
+    components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
+                  trainer, resolver, evaluator, pusher]
+    metadata = None if for_kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        config.metadata_path)
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata,
+        beam_pipeline_args=config.beam_pipeline_args)

@@ -1,0 +1,53 @@
+"""Runners: the same DAG run locally (LocalDagRunner) or compiled for Kubeflow v2 / Vertex."""
+from __future__ import annotations
+
+import os
+import time
+
+from pipeline.config import Config, ConfigError, to_absolute
+from pipeline.summary import RunSummary, summarize
+
+
+def prepare_data(config: Config) -> None:
+    """Make the embedded dataset's TFRecords at first use; check a user's folder exists."""
+    if config.data.builtin == "digits":
+        from components.builtin_data import ensure_digits
+        ensure_digits(config.data_dir)
+        return
+    import tensorflow as tf
+    if not tf.io.gfile.exists(config.data_dir):
+        raise ConfigError(
+            f"data.input_base: folder '{config.data_dir}' does not exist; point it at a folder "
+            f"of TFRecords (e.g. made by `xfer data import-folder`)")
+
+
+def run_local(config: Config) -> RunSummary:
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    config = to_absolute(config)
+    prepare_data(config)
+    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+    start = time.perf_counter()
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    summary = summarize(config.metadata_path, config.name)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def compile_kubeflow(config: Config, out: str) -> str:
+    """Write the KFP v2 pipeline spec (PipelineJob JSON) for Kubeflow Pipelines / Vertex."""
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    if not config.kubeflow.image:
+        raise ConfigError("kubeflow.image: not set; name the project's container image every step "
+                          "runs in, e.g. --set kubeflow.image=REGISTRY/xfer:TAG")
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
+        output_dir=os.path.dirname(os.path.abspath(out)),
+        output_filename=os.path.basename(out))
+    runner.run(create_pipeline(config, for_kubeflow=True))
+    return out
