@@ -24,10 +24,11 @@ Configs are YAML files; shipped ones can be named directly: {shipped}.
 def _quiet(verbose: bool) -> None:
     if verbose:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    # TFX resets absl's verbosity when it starts a run; a filter on the logger stays.
+    logging.getLogger("absl").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

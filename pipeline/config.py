@@ -172,11 +172,21 @@ class Config(_Strict):
             return f"{self.data_dir}/labels.txt"
         return None
 
-    def step_config(self) -> dict[str, Any]:
-        """The JSON-safe dict that steps receive as custom_config."""
+    def step_config(self, step: str) -> dict[str, Any]:
+        """The JSON-safe part of the config a step receives as custom_config.
+
+        Only what the step uses: custom_config is part of TFX's cache key, so changing
+        an eval threshold must not re-run Transform or the Trainer.
+        """
         d = self.model_dump(mode="json")
-        d["labels_file"] = self.labels_file
-        return d
+        data = d["data"]
+        if step == "transform":
+            return {"data": {k: data[k] for k in ("image_key", "label_key")},
+                    "model": {"image_size": d["model"]["image_size"]}}
+        if step == "trainer":
+            return {"data": data, "model": d["model"], "train": d["train"],
+                    "labels_file": self.labels_file}
+        raise ValueError(f"no step config for '{step}'")
 
 
 # --- loading ---------------------------------------------------------------------

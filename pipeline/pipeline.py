@@ -52,7 +52,10 @@ def eval_config(config: Config) -> tfma.EvalConfig:
             signature_name=SERVING_EXAMPLES,
             preprocessing_function_names=[TRANSFORM_FEATURES],
             label_key=LABEL,
-            prediction_key=PREDICTION_KEY)],
+            prediction_key=PREDICTION_KEY,
+            # Load with tf.saved_model, not Keras: TFMA otherwise rebuilds the Keras model
+            # several times per run (once just to detect its type), minutes on 2 cores.
+            model_type=tfma.TF_GENERIC)],
         slicing_specs=[tfma.SlicingSpec()],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="SparseCategoricalAccuracy", threshold=threshold),
@@ -78,7 +81,6 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
 
-    step_config = config.step_config()
     # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer
     # and the Evaluator apply the transform graph to the raw examples instead.
     transform = tfx.components.Transform(
@@ -86,7 +88,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
         materialize=False,
-        custom_config=step_config)
+        custom_config=config.step_config("transform"))
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
@@ -95,7 +97,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=step_config)
+        custom_config=config.step_config("trainer"))
 
     resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

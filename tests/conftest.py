@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CIFAR = SHARED / "data" / "cifar10_subset"
+CONFIGS = Path(__file__).parent / "configs"
+XFER = str(Path(sys.executable).parent / "xfer")
+
+
+def xfer(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    """Run the real `xfer` console script, as a user would."""
+    proc = subprocess.run([XFER, *args], cwd=cwd or REPO, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xfer {' '.join(args)} exited {proc.returncode}\n"
+                             f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cifar():
+    if not CIFAR.exists():
+        pytest.skip(f"test data not found at {CIFAR}")
+    return CIFAR
+
+
+def read_examples(path: Path) -> list:
+    import tensorflow as tf
+    out = []
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        ex = tf.train.Example.FromString(raw)
+        out.append({k: (list(v.bytes_list.value) or list(v.int64_list.value))
+                    for k, v in ex.features.feature.items()})
+    return out
