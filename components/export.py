@@ -30,10 +30,11 @@ def _raw_image_feature(images: tf.Tensor, spec) -> tf.Tensor:
 
 
 def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_key: str,
-               label_key: str, class_names: list[str]) -> dict:
+               class_names: list[str]) -> dict:
     model.tft_layer = tft_output.transform_features_layer()  # tracked, so saved with the model
     raw_spec = tft_output.raw_feature_spec()
-    serving_spec = {k: v for k, v in raw_spec.items() if k != label_key}
+    # Clients send only the image; ids, file names and the label are not needed to predict.
+    serving_spec = {image_key: raw_spec[image_key]}
     names = tf.constant(class_names)
 
     def predict(transformed):

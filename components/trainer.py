@@ -85,7 +85,7 @@ def run_fn(fn_args):
                            callbacks=[EpochLog("fine-tune", batch)])
         history["fine_tune"] = h.history
 
-    sigs = export.signatures(classifier, tft_output, data["image_key"], data["label_key"], names)
+    sigs = export.signatures(classifier, tft_output, data["image_key"], names)
     classifier.save(fn_args.serving_model_dir, save_format="tf", signatures=sigs)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
