@@ -164,7 +164,11 @@ def format_summary(summary: RunSummary, min_accuracy, max_drop, wall_seconds: Op
     lines = [f"run {summary.run_id}"]
     width = max(len(c) for c in summary.states) if summary.states else 10
     for component, state in summary.states.items():
-        lines.append(f"  {component:<{width}}  {'ran' if state == 'executed' else state}")
+        if component.endswith("Resolver"):
+            state = "resolved" if state == "executed" else state  # resolvers always run: no cache
+        elif state == "executed":
+            state = "ran"
+        lines.append(f"  {component:<{width}}  {state}")
     b = summary.blessing
     if b is not None:
         if b.candidate is not None:
