@@ -90,6 +90,10 @@ def run_fn(fn_args):
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"class_names": names, "history": _jsonable(history)}, f, indent=1)
+    summary_lines = []
+    classifier.summary(print_fn=summary_lines.append)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "model_summary.txt"), "w") as f:
+        f.write("\n".join(summary_lines) + "\n")
 
 
 def _jsonable(history: dict) -> dict:

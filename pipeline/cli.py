@@ -21,14 +21,36 @@ Configs are YAML files; shipped ones can be named directly: {shipped}.
 """
 
 
+class _Progress(logging.Filter):
+    """Turns the local runner's 'Component X is running/finished' logs into one
+    progress line each (with elapsed time) and, unless verbose, drops other chatter."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose, self.started = verbose, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("Component %s is running"):
+            self.started[record.args[0]] = time.perf_counter()
+            print(f"[xfer] {record.args[0]} running ...", flush=True)
+        elif msg.startswith("Component %s is finished"):
+            node = record.args[0]
+            seconds = time.perf_counter() - self.started.get(node, time.perf_counter())
+            print(f"[xfer] {node} done ({seconds:.1f}s)", flush=True)
+        return self.verbose or record.levelno >= logging.ERROR
+
+
 def _quiet(verbose: bool) -> None:
+    # The runner's progress is logged at INFO; the filter keeps only that unless verbose.
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.addFilter(_Progress(verbose))
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
-    # TFX resets absl's verbosity when it starts a run; a filter on the logger stays.
-    logging.getLogger("absl").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +67,9 @@ def cmd_run(args) -> int:
 
     config = load_config(args.config, args.overrides)
     start = time.perf_counter()
-    summary = run_local(config)
+    from_nodes = [args.from_node] if args.from_node else None
+    to_nodes = [args.to_node] if args.to_node else None
+    summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
     print(format_summary(summary, config.eval.min_accuracy, config.eval.max_drop,
                          wall_seconds=time.perf_counter() - start))
     return 0
@@ -58,6 +82,34 @@ def cmd_compile(args) -> int:
     out = compile_kubeflow(config, args.out)
     print(f"wrote {out}: Kubeflow Pipelines v2 spec of '{config.name}', image "
           f"{config.kubeflow.image}, pipeline root {config.pipeline_root}")
+    return 0
+
+
+def _store(config):
+    from pipeline.config import to_absolute
+    config = to_absolute(config)
+    if not os.path.exists(config.metadata_path):
+        raise ConfigError(f"no runs yet: {config.metadata_path} does not exist; `xfer run` first")
+    return config.metadata_path, config.name
+
+
+def cmd_runs(args) -> int:
+    from pipeline.show import format_runs
+
+    print(format_runs(*_store(load_config(args.config, args.overrides)), last=args.last))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from pipeline.show import format_show
+    from pipeline.summary import open_store, pipeline_runs
+
+    db, name = _store(load_config(args.config, args.overrides))
+    run_id = args.run
+    if run_id in ("latest", "last"):
+        runs = pipeline_runs(open_store(db), name)
+        run_id = runs[-1].name if runs else run_id
+    print(format_show(db, name, run_id, args.component))
     return 0
 
 
@@ -77,7 +129,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each component ran or cached, eval accuracy, blessing and why, "
                                    "where the model was pushed, total time.")
     _add_config_args(p)
+    p.add_argument("--from", dest="from_node", metavar="COMPONENT",
+                   help="partial run: start at this component (e.g. Trainer); upstream artifacts "
+                        "come from the latest run in the metadata store, and the components run "
+                        "are re-executed, not taken from cache")
+    p.add_argument("--to", dest="to_node", metavar="COMPONENT",
+                   help="partial run: stop after this component (e.g. Evaluator)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runs", help="list past local runs from the metadata store",
+                       description="Past runs of the config's pipeline, from its ML Metadata store: "
+                                   "run id, start time, status, eval accuracy, blessed, pushed "
+                                   "version, and per component cached or executed with its duration.")
+    _add_config_args(p)
+    p.add_argument("--last", type=int, metavar="N", help="only the last N runs")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="show a run's artifacts and readable views of them",
+                       description="The artifacts of a run with their URIs, and readable views: "
+                                   "statistics, schema, anomalies, Transform output, training "
+                                   "curves, TFMA metrics per slice and the blessing with its reason, "
+                                   "where the model was pushed.")
+    _add_config_args(p)
+    p.add_argument("run", help="run id (from `xfer runs`), or 'latest'")
+    p.add_argument("component", nargs="?", help="only this component (e.g. Evaluator)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI",
                        description="Compile the same DAG with KubeflowV2DagRunner to a KFP v2 "
@@ -99,11 +175,31 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"xfer: config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, LookupError) as e:
+    except Exception as e:  # noqa: BLE001 - the user's error first, the trace in a file
         if args.verbose:
             raise
-        print(f"xfer: error: {e}\n(run with --verbose for the full trace)", file=sys.stderr)
+        log = _write_trace()
+        print(f"xfer: error: {_root_cause(e)}\nfull trace: {log} (or run with --verbose)",
+              file=sys.stderr)
         return 1
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception's message: the one naming the file, key or value."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if not isinstance(e, (ValueError, FileNotFoundError, LookupError)) else text
+
+
+def _write_trace() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="xfer-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
 
 
 if __name__ == "__main__":

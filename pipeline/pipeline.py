@@ -1,8 +1,11 @@
 """The one DAG. Local, Kubeflow and Vertex runs differ only in runner and config."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Optional
 
+import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
@@ -16,6 +19,22 @@ COMPONENTS = [
     "ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
     "Trainer", "LatestBlessedModelResolver", "Evaluator", "Pusher",
 ]
+
+
+def code_fingerprint() -> str:
+    """A hash of the step code. Steps reference code by import path, which TFX does
+    not fingerprint (it does for module_file), so without this an edited trainer
+    would be served from cache."""
+    import components
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(components.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _step_config(config: Config, step: str) -> dict:
+    return {**config.step_config(step), "code_fingerprint": code_fingerprint()}
 
 
 def _input_config(config: Config) -> Optional[tfx.proto.Input]:
@@ -69,7 +88,10 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         input_config=_input_config(config),
         output_config=_output_config(config))
 
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    # Image-domain statistics (formats, sizes) for the encoded image bytes, not UTF-8 noise.
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"],
+        stats_options=tfdv.StatsOptions(enable_semantic_domain_stats=True))
 
     if config.data.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema_path)
@@ -88,7 +110,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
         materialize=False,
-        custom_config=config.step_config("transform"))
+        custom_config=_step_config(config, "transform"))
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
@@ -97,7 +119,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=config.step_config("trainer"))
+        custom_config=_step_config(config, "trainer"))
 
     resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

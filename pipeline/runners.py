@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Optional
 
 from pipeline.config import Config, ConfigError, to_absolute
 from pipeline.summary import RunSummary, summarize
@@ -21,16 +22,31 @@ def prepare_data(config: Config) -> None:
             f"of TFRecords (e.g. made by `xfer data import-folder`)")
 
 
-def run_local(config: Config) -> RunSummary:
+def run_local(config: Config, from_nodes: Optional[list[str]] = None,
+              to_nodes: Optional[list[str]] = None) -> RunSummary:
+    """Run the DAG locally. With from_nodes/to_nodes, a partial run: only the nodes
+    between them execute, the rest of their inputs come from the latest run in MLMD."""
     from tfx import v1 as tfx
+    from tfx.orchestration.pipeline import RunOptions
 
-    from pipeline.pipeline import create_pipeline
+    from pipeline.pipeline import COMPONENTS, create_pipeline
 
+    for node in (from_nodes or []) + (to_nodes or []):
+        if node not in COMPONENTS:
+            raise ConfigError(f"--from/--to: no component '{node}'; components: {', '.join(COMPONENTS)}")
     config = to_absolute(config)
     prepare_data(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+    run_options = None
+    if from_nodes or to_nodes:
+        if from_nodes and not os.path.exists(config.metadata_path):
+            raise ConfigError(f"--from/--to: no earlier run in {config.metadata_path} to take "
+                              f"upstream artifacts from; run the whole pipeline once first")
+        run_options = RunOptions(from_nodes=from_nodes, to_nodes=to_nodes)
+        # A partial run exists to re-execute its nodes (e.g. after editing trainer code).
+        config = config.model_copy(update={"enable_cache": False})
     start = time.perf_counter()
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config), run_options=run_options)
     summary = summarize(config.metadata_path, config.name)
     summary.seconds = time.perf_counter() - start
     return summary

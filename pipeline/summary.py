@@ -43,6 +43,9 @@ class RunSummary:
     pushed_to: Optional[str] = None
     model_uri: Optional[str] = None
     seconds: Optional[float] = None
+    durations: dict[str, float] = field(default_factory=dict)  # component -> seconds
+    started_ms: Optional[int] = None
+    pushed_version: Optional[str] = None
 
     def cached(self) -> list[str]:
         return [c for c, s in self.states.items() if s == "cached"]
@@ -141,6 +144,7 @@ def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = No
         if node is None:
             continue
         summary.states[node] = _STATE_NAMES.get(ex.last_known_state, str(ex.last_known_state))
+        summary.durations[node] = (ex.last_update_time_since_epoch - ex.create_time_since_epoch) / 1000.0
         starts.append(ex.create_time_since_epoch)
         ends.append(ex.last_update_time_since_epoch)
         for a in _outputs(store, ex.id):
@@ -151,11 +155,13 @@ def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = No
                 blessed = bool(_prop(a, "blessed"))
             elif type_name == "PushedModel" and _prop(a, "pushed"):
                 summary.pushed_to = _prop(a, "pushed_destination")
+                summary.pushed_version = str(_prop(a, "pushed_version"))
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
     if evaluation_uri is not None:
         summary.blessing = read_blessing(evaluation_uri, bool(blessed))
     if starts:
+        summary.started_ms = min(starts)
         summary.seconds = (max(ends) - min(starts)) / 1000.0
     return summary
 

@@ -27,7 +27,10 @@ def runs(tmp_path_factory, cifar):
     outputs = [xfer("run", *config).stdout for _ in range(3)]
     failing = xfer("run", *config, "--set", "eval.min_accuracy=1.01",
                    "--set", f"push.destination={root / 'serving-unreachable'}").stdout
-    yield {"root": root, "outputs": outputs, "failing": failing}
+    partial = xfer("run", *config, "--from", "Trainer", "--to", "Evaluator").stdout
+    broken = xfer("run", *config, "--set", "data.labels_file=/nonexistent/labels.txt", check=False)
+    yield {"root": root, "config": config, "outputs": outputs, "failing": failing,
+           "partial": partial, "broken": broken}
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -100,3 +103,48 @@ def test_unreachable_threshold_blesses_nothing_and_pushes_nothing(runs):
     out = runs["failing"]
     assert "NOT BLESSED" in out and "eval.min_accuracy" in out and "1.01" in out
     assert "sparse_categorical_accuracy" in out and "pushed: nothing" in out
+
+
+def test_partial_run_executes_only_the_named_components_and_gives_a_model(runs):
+    import tensorflow as tf
+
+    partial = summaries(runs["root"])[4]
+    assert partial.states["Trainer"] == "executed" and partial.states["Evaluator"] == "executed"
+    assert "Pusher" not in partial.states
+    for component in UP_TO_TRAINER[:-1]:
+        assert partial.states[component] == "cached", partial.states  # reused, not re-run
+    assert "[xfer] Trainer running" in runs["partial"] and "[xfer] Transform running" not in runs["partial"]
+    model = tf.saved_model.load(os.path.join(partial.model_uri, "Format-Serving"))
+    assert "serving_default" in model.signatures
+
+
+def test_runs_lists_every_run_with_cached_and_executed_flags(runs):
+    out = xfer("runs", *runs["config"]).stdout
+    blocks = [b for b in out.split("\n2") if b.strip()]
+    assert len(blocks) == 6, out  # four full runs, one partial, one failed
+    first, third = blocks[0], blocks[2]
+    assert "Trainer                      executed" in first and "blessed" in first
+    assert "Trainer                      cached" in third and "Evaluator                    cached" in third
+    assert "not blessed" in blocks[3] and "failed" in blocks[5]
+    assert len([b for b in xfer("runs", *runs["config"], "--last", "2").stdout.split("\n2")
+                if b.strip()]) == 2
+
+
+def test_show_prints_the_blessing_reason_of_a_failed_threshold(runs):
+    run_id = summaries(runs["root"])[3].run_id
+    out = xfer("show", *runs["config"], run_id, "Evaluator").stdout
+    assert "NOT BLESSED" in out and "sparse_categorical_accuracy" in out and "1.01" in out
+    assert "Trainer" not in out.split("Evaluator", 1)[1]  # only the asked component
+    full = xfer("show", *runs["config"], run_id).stdout
+    for view in ("examples", "image_format_histogram: png:128", "presence", "no anomalies",
+                 "epoch 2 (fine_tune)", "Total params"):
+        assert view in full, view
+
+
+def test_failed_component_shows_the_users_error_first(runs):
+    broken = runs["broken"]
+    assert broken.returncode == 1
+    first = broken.stderr.strip().splitlines()[0]
+    assert "data.labels_file" in first and "/nonexistent/labels.txt" in first, broken.stderr
+    log = broken.stderr.split("full trace: ")[1].split()[0]
+    assert "Traceback" in open(log).read()

@@ -1,0 +1,200 @@
+"""Readable views of a run's artifacts, for `xfer runs` and `xfer show`."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from typing import Optional
+
+from pipeline.summary import (_node_of, _outputs, open_store, pipeline_runs, read_blessing,
+                              summarize)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = None) -> str:
+    store = open_store(metadata_path)
+    runs = pipeline_runs(store, pipeline_name)
+    if last:
+        runs = runs[-last:]
+    lines = []
+    for run in runs:
+        s = summarize(metadata_path, pipeline_name, run.name)
+        b = s.blessing
+        acc = f"{b.candidate:.4f}" if b and b.candidate is not None else "-"
+        status = "failed" if "failed" in s.states.values() else (
+            "running" if "running" in s.states.values() else "complete")
+        lines.append(f"{s.run_id}  started {_when(s.started_ms) if s.started_ms else '-'}  "
+                     f"{status}  accuracy {acc}  "
+                     f"{'blessed' if b and b.blessed else 'not blessed' if b else 'not evaluated'}  "
+                     f"pushed {s.pushed_version or '-'}")
+        for component, state in s.states.items():
+            seconds = s.durations.get(component)
+            lines.append(f"    {component:<28} {state:<9} {seconds:7.1f}s" if seconds is not None
+                         else f"    {component:<28} {state}")
+    return "\n".join(lines) if lines else f"no runs of '{pipeline_name}' yet"
+
+
+def run_artifacts(metadata_path: str, pipeline_name: str, run_id: str) -> dict[str, list]:
+    """component -> [(artifact type name, artifact)] for the run's outputs."""
+    store = open_store(metadata_path)
+    run = next((r for r in pipeline_runs(store, pipeline_name) if r.name == run_id), None)
+    if run is None:
+        raise LookupError(f"no run '{run_id}' of '{pipeline_name}'; `xfer runs` lists them")
+    out: dict[str, list] = {}
+    for ex in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
+        node = _node_of(store, ex.id, pipeline_name)
+        if node is None:
+            continue
+        out.setdefault(node, [])
+        for a in _outputs(store, ex.id):
+            out[node].append((store.get_artifact_types_by_id([a.type_id])[0].name, a))
+    return out
+
+
+def _splits(uri: str) -> list[str]:
+    import tensorflow as tf
+    return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(uri) if d.startswith("Split-"))
+
+
+def view_statistics(uri: str) -> list[str]:
+    import tensorflow_data_validation as tfdv
+
+    lines = []
+    for split in _splits(uri):
+        stats = tfdv.load_stats_binary(os.path.join(uri, split, "FeatureStats.pb"))
+        for ds in stats.datasets:
+            lines.append(f"  {split.removeprefix('Split-')}: {ds.num_examples} examples")
+            for f in ds.features:
+                name = f.path.step[0] if f.path.step else f.name
+                common = (f.num_stats or f.string_stats or f.bytes_stats).common_stats
+                missing = common.num_missing
+                if f.HasField("num_stats"):
+                    desc = f"min {f.num_stats.min:g}, max {f.num_stats.max:g}, mean {f.num_stats.mean:.3g}"
+                elif f.HasField("bytes_stats"):
+                    desc = (f"bytes: avg {f.bytes_stats.avg_num_bytes:.0f}, "
+                            f"min {f.bytes_stats.min_num_bytes:.0f}, max {f.bytes_stats.max_num_bytes:.0f}")
+                elif f.HasField("string_stats"):
+                    top = [v for v in f.string_stats.top_values[:10] if v.value != "__BYTES_VALUE__"]
+                    desc = f"{f.string_stats.unique} unique"
+                    if top:
+                        desc += "; top " + ", ".join(f"{v.value}:{int(v.frequency)}" for v in top)
+                    else:
+                        desc += f" binary values, avg {f.string_stats.avg_length:.0f} bytes"
+                else:
+                    desc = ""
+                lines.append(f"    {name}: {desc}; missing {missing}")
+                for cs in f.custom_stats:  # TFDV image-domain stats, when enabled
+                    if cs.HasField("rank_histogram"):
+                        vals = ", ".join(f"{b.label}:{int(b.sample_count)}" for b in cs.rank_histogram.buckets)
+                        lines.append(f"      {cs.name}: {vals}")
+                    elif cs.HasField("num"):
+                        lines.append(f"      {cs.name}: {cs.num:g}")
+    return lines
+
+
+def view_schema(uri: str) -> list[str]:
+    from tfx.utils import io_utils
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = io_utils.parse_pbtxt_file(os.path.join(uri, "schema.pbtxt"), schema_pb2.Schema())
+    lines = []
+    for f in schema.feature:
+        shape = list(d.size for d in f.shape.dim) if f.HasField("shape") else "variable"
+        lines.append(f"  {f.name}: {schema_pb2.FeatureType.Name(f.type)}, shape {shape}, "
+                     f"presence min_fraction {f.presence.min_fraction:g}")
+    return lines
+
+
+def view_anomalies(uri: str) -> list[str]:
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    import tensorflow as tf
+
+    lines = []
+    for split in _splits(uri):
+        path = os.path.join(uri, split, "SchemaDiff.pb")
+        anomalies = anomalies_pb2.Anomalies()
+        anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+        if not anomalies.anomaly_info:
+            lines.append(f"  {split.removeprefix('Split-')}: no anomalies")
+        for feature, info in anomalies.anomaly_info.items():
+            lines.append(f"  {split.removeprefix('Split-')}: {feature}: {info.short_description} "
+                         f"({info.description})")
+    return lines
+
+
+def view_transform(uri: str) -> list[str]:
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(uri).transformed_feature_spec()
+    return [f"  {k}: {v}" for k, v in sorted(spec.items())]
+
+
+def view_model_run(uri: str) -> list[str]:
+    import tensorflow as tf
+
+    path = os.path.join(uri, "history.json")
+    if not tf.io.gfile.exists(path):
+        return ["  (no training history recorded)"]
+    report = json.loads(tf.io.gfile.GFile(path).read())
+    lines = [f"  classes: {', '.join(report['class_names'])}"]
+    epoch = 0
+    for phase, h in report["history"].items():
+        for i in range(len(next(iter(h.values()), []))):
+            epoch += 1
+            vals = "  ".join(f"{k} {h[k][i]:.4f}" for k in sorted(h))
+            lines.append(f"  epoch {epoch} ({phase}): {vals}")
+    summary = os.path.join(uri, "model_summary.txt")
+    if tf.io.gfile.exists(summary):
+        lines.append("  model:")
+        lines += ["    " + line for line in tf.io.gfile.GFile(summary).read().splitlines()]
+    return lines
+
+
+def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
+    import tensorflow_model_analysis as tfma
+
+    lines = []
+    for m in tfma.load_metrics(uri):
+        where = ", ".join(f"{k.column}={k.int64_value or k.bytes_value.decode() or k.float_value}"
+                          for k in m.slice_key.single_slice_keys) or "overall"
+        for kv in m.metric_keys_and_values:
+            model = kv.key.model_name or "candidate"
+            diff = " (change vs baseline)" if kv.key.is_diff else ""
+            lines.append(f"  [{where}] {model} {kv.key.name}{diff}: {kv.value.double_value.value:.4f}")
+    b = read_blessing(uri, bool(blessed))
+    lines.append(f"  {'BLESSED' if blessed else 'NOT BLESSED'}"
+                 + (": " + "; ".join(b.failures) if b.failures else ": every threshold passed"))
+    return lines
+
+
+def format_show(metadata_path: str, pipeline_name: str, run_id: str,
+                component: Optional[str] = None) -> str:
+    artifacts = run_artifacts(metadata_path, pipeline_name, run_id)
+    if component and component not in artifacts:
+        raise LookupError(f"run '{run_id}' has no component '{component}'; it has: "
+                          f"{', '.join(artifacts)}")
+    lines = [f"run {run_id}"]
+    for node, arts in artifacts.items():
+        if component and node != component:
+            continue
+        lines.append(f"{node}")
+        blessed = next((bool(a.custom_properties["blessed"].int_value) for t, a in arts
+                        if t == "ModelBlessing" and "blessed" in a.custom_properties), None)
+        for type_name, a in arts:
+            lines.append(f"  {type_name}: {a.uri}")
+            views = {"ExampleStatistics": view_statistics, "Schema": view_schema,
+                     "ExampleAnomalies": view_anomalies, "TransformGraph": view_transform,
+                     "ModelRun": view_model_run}
+            if type_name in views:
+                lines += ["  " + line for line in views[type_name](a.uri)]
+            elif type_name == "ModelEvaluation":
+                lines += ["  " + line for line in view_evaluation(a.uri, blessed)]
+            elif type_name == "PushedModel":
+                pushed = a.custom_properties.get("pushed")
+                dest = a.custom_properties.get("pushed_destination")
+                lines.append(f"    pushed to {dest.string_value}" if pushed and pushed.int_value
+                             else "    nothing pushed (model not blessed)")
+    return "\n".join(lines)
