@@ -38,7 +38,9 @@ class _Progress(logging.Filter):
             node = record.args[0]
             seconds = time.perf_counter() - self.started.get(node, time.perf_counter())
             print(f"[xfer] {node} done ({seconds:.1f}s)", flush=True)
-        return self.verbose or record.levelno >= logging.ERROR
+        # Quiet: TFX's own error logs would come before the user's error; main() prints
+        # that error, naming the failed component, with the trace in a file.
+        return self.verbose
 
 
 def _quiet(verbose: bool) -> None:
@@ -69,7 +71,10 @@ def cmd_run(args) -> int:
     start = time.perf_counter()
     from_nodes = [args.from_node] if args.from_node else None
     to_nodes = [args.to_node] if args.to_node else None
-    summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
+    try:
+        summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
+    except Exception as e:
+        raise StepFailed(_failed_component(config), e) from e
     print(format_summary(summary, config.eval.min_accuracy, config.eval.max_drop,
                          wall_seconds=time.perf_counter() - start))
     return 0
@@ -83,6 +88,23 @@ def cmd_compile(args) -> int:
     print(f"wrote {out}: Kubeflow Pipelines v2 spec of '{config.name}', image "
           f"{config.kubeflow.image}, pipeline root {config.pipeline_root}")
     return 0
+
+
+class StepFailed(Exception):
+    def __init__(self, component, error):
+        super().__init__(f"{component or 'a component'} failed: {error}")
+        self.component = component
+
+
+def _failed_component(config):
+    """The component that failed in the latest run, from the metadata store, if any."""
+    from pipeline.config import to_absolute
+    from pipeline.summary import summarize
+    try:
+        states = summarize(to_absolute(config).metadata_path, config.name).states
+    except Exception:  # noqa: BLE001 - no store yet: the failure came before any step
+        return None
+    return next((c for c, s in states.items() if s == "failed"), None)
 
 
 def _store(config):
@@ -179,7 +201,8 @@ def main(argv=None) -> int:
         if args.verbose:
             raise
         log = _write_trace()
-        print(f"xfer: error: {_root_cause(e)}\nfull trace: {log} (or run with --verbose)",
+        where = f" in {e.component}" if isinstance(e, StepFailed) and e.component else ""
+        print(f"xfer: error{where}: {_root_cause(e)}\nfull trace: {log} (or run with --verbose)",
               file=sys.stderr)
         return 1
 

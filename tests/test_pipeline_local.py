@@ -145,6 +145,7 @@ def test_failed_component_shows_the_users_error_first(runs):
     broken = runs["broken"]
     assert broken.returncode == 1
     first = broken.stderr.strip().splitlines()[0]
-    assert "data.labels_file" in first and "/nonexistent/labels.txt" in first, broken.stderr
+    assert first.startswith("xfer: error in Trainer: data.labels_file"), broken.stderr
+    assert "/nonexistent/labels.txt" in first
     log = broken.stderr.split("full trace: ")[1].split()[0]
     assert "Traceback" in open(log).read()
