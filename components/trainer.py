@@ -87,6 +87,11 @@ def run_fn(fn_args):
 
     sigs = export.signatures(classifier, tft_output, data["image_key"], names)
     classifier.save(fn_args.serving_model_dir, save_format="tf", signatures=sigs)
+    # Class names beside the model, for clients that show the top k (xfer predict, TFLite).
+    extra = os.path.join(fn_args.serving_model_dir, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.gfile.GFile(os.path.join(extra, "labels.txt"), "w") as f:
+        f.write("".join(f"{n}\n" for n in names))
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"class_names": names, "history": _jsonable(history)}, f, indent=1)

@@ -75,9 +75,26 @@ def cmd_run(args) -> int:
         summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
     except Exception as e:
         raise StepFailed(_failed_component(config), e) from e
-    print(format_summary(summary, config.eval.min_accuracy, config.eval.max_drop,
-                         wall_seconds=time.perf_counter() - start))
+    text = format_summary(summary, config.eval.min_accuracy, config.eval.max_drop,
+                          wall_seconds=time.perf_counter() - start)
+    print(text)
+    if summary.blessing is not None:
+        report = _save_report(config, summary.run_id, text)
+        print(f"blessing report: {report}")
     return 0
+
+
+def _save_report(config, run_id: str, text: str) -> str:
+    """Keep the run's summary and blessing report beside its runs (root/reports/RUN/)."""
+    import tensorflow as tf
+
+    from pipeline.config import to_absolute
+    folder = os.path.join(to_absolute(config).root, "reports", run_id.replace(":", "-"))
+    tf.io.gfile.makedirs(folder)
+    path = os.path.join(folder, "blessing.txt")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text + "\n")
+    return path
 
 
 def cmd_compile(args) -> int:
@@ -135,6 +152,20 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    import json
+
+    from pipeline.predict import predict
+
+    results = predict(args.model_dir, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=1))
+    else:
+        for r in results:
+            print(r.line())
+    return 0 if any(not r.error for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xfer", description=DESCRIPTION.format(shipped=", ".join(shipped_configs())),
@@ -186,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="orchestrator to compile for (KFP v2 IR; Vertex AI Pipelines runs the same file)")
     p.add_argument("--out", "-o", default="pipeline.json", help="output file (default: pipeline.json)")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("predict", help="classify image files with a pushed model",
+                       description="Load a pushed model (a version folder, or the push destination: "
+                                   "its latest complete version) and print, per image, the top "
+                                   "classes with probabilities, using the raw-bytes serving "
+                                   "signature. Unreadable files and non-images get one line each; "
+                                   "the others are still predicted.")
+    p.add_argument("model_dir", help="SavedModel folder, or a push destination")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -126,6 +126,7 @@ class EvalConfig(_Strict):
 
 class PushConfig(_Strict):
     destination: Optional[str] = Field(None, description="Default: <root>/serving.")
+    keep: Optional[int] = Field(None, ge=1, description="Versions to keep (oldest removed); null: all.")
 
 
 class KubeflowConfig(_Strict):

@@ -9,6 +9,9 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from tfx.dsl.components.base import executor_spec
+
+from components import pusher as versioned_pusher
 from pipeline.config import Config
 
 TRANSFORM_FN = "components.transform.preprocessing_fn"
@@ -75,7 +78,8 @@ def eval_config(config: Config) -> tfma.EvalConfig:
             # Load with tf.saved_model, not Keras: TFMA otherwise rebuilds the Keras model
             # several times per run (once just to detect its type), minutes on 2 cores.
             model_type=tfma.TF_GENERIC)],
-        slicing_specs=[tfma.SlicingSpec()],
+        # Overall, and per true class: accuracy within a class is that class's recall.
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[LABEL])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="SparseCategoricalAccuracy", threshold=threshold),
             tfma.MetricConfig(class_name="ExampleCount"),
@@ -138,7 +142,9 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push.destination)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push.destination)),
+        custom_config={"keep": config.push.keep},
+        custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
                   trainer, resolver, evaluator, pusher]

@@ -19,19 +19,39 @@ class Blessing:
     baseline: Optional[float]
     failures: list[str] = field(default_factory=list)
 
-    def reason(self, min_accuracy: Optional[float], max_drop: Optional[float]) -> str:
-        parts = []
-        if min_accuracy is not None and self.candidate is not None:
-            parts.append(f"accuracy {self.candidate:.4f} {'>=' if self.candidate >= min_accuracy else '<'} "
-                         f"{min_accuracy} (eval.min_accuracy)")
+    def report(self, min_accuracy: Optional[float], max_drop: Optional[float]) -> list[str]:
+        """The blessing report: each threshold, candidate and baseline values, pass or fail."""
+        def fmt(v):
+            return "-" if v is None else f"{v:.4f}"
+
+        rows = [("threshold", "candidate", "baseline", "result")]
+        if min_accuracy is not None:
+            ok = self.candidate is not None and self.candidate >= min_accuracy
+            rows.append((f"accuracy >= {min_accuracy} (eval.min_accuracy)", fmt(self.candidate), "-",
+                         "pass" if ok else "FAIL"))
         if max_drop is not None:
+            name = f"accuracy drop <= {max_drop} vs last blessed (eval.max_drop)"
             if self.baseline is None:
-                parts.append("no blessed baseline yet, so eval.max_drop was not applied")
+                rows.append((name, fmt(self.candidate), "none",
+                             "not applied: no blessed baseline yet"))
             else:
-                parts.append(f"baseline accuracy {self.baseline:.4f}, allowed drop {max_drop} (eval.max_drop)")
-        text = "; ".join(parts)
+                change = (self.candidate or 0.0) - self.baseline
+                ok = change >= -max_drop - 1e-9
+                rows.append((name, fmt(self.candidate), fmt(self.baseline),
+                             f"{'pass' if ok else 'FAIL'} (change {change:+.4f})"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
         if self.failures:
-            text += ". Failed: " + "; ".join(self.failures)
+            lines.append("  TFMA: " + "; ".join(self.failures))
+        return lines
+
+    def headline(self, min_accuracy: Optional[float], max_drop: Optional[float]) -> str:
+        if self.blessed:
+            text = "BLESSED: every threshold passed"
+        else:
+            text = "NOT BLESSED: " + ("; ".join(self.failures) or "a threshold failed")
+        if self.baseline is None and max_drop is not None:
+            text += " (first run: no blessed baseline, judged on value thresholds alone)"
         return text
 
 
@@ -46,6 +66,7 @@ class RunSummary:
     durations: dict[str, float] = field(default_factory=dict)  # component -> seconds
     started_ms: Optional[int] = None
     pushed_version: Optional[str] = None
+    pushed_new: bool = True  # False: the blessed model was already the latest version
 
     def cached(self) -> list[str]:
         return [c for c, s in self.states.items() if s == "cached"]
@@ -123,8 +144,15 @@ def read_blessing(evaluation_uri: str, blessed: bool) -> Blessing:
 
 
 def _threshold_text(threshold) -> str:
-    from google.protobuf import json_format
-    return json_format.MessageToJson(threshold, indent=None)
+    if threshold.HasField("value_threshold"):
+        v = threshold.value_threshold
+        parts = ([f"lower bound {v.lower_bound.value:g}"] if v.HasField("lower_bound") else []) + \
+                ([f"upper bound {v.upper_bound.value:g}"] if v.HasField("upper_bound") else [])
+        return "value threshold " + " and ".join(parts)
+    c = threshold.change_threshold
+    parts = ([f"absolute {c.absolute.value:+g}"] if c.HasField("absolute") else []) + \
+            ([f"relative {c.relative.value:+g}"] if c.HasField("relative") else [])
+    return "change threshold " + " and ".join(parts) + " (higher is better)"
 
 
 def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunSummary:
@@ -156,6 +184,7 @@ def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = No
             elif type_name == "PushedModel" and _prop(a, "pushed"):
                 summary.pushed_to = _prop(a, "pushed_destination")
                 summary.pushed_version = str(_prop(a, "pushed_version"))
+                summary.pushed_new = _prop(a, "new_version") != 0
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
     if evaluation_uri is not None:
@@ -180,8 +209,15 @@ def format_summary(summary: RunSummary, min_accuracy, max_drop, wall_seconds: Op
         if b.candidate is not None:
             lines.append(f"eval accuracy: {b.candidate:.4f}"
                          + (f" (baseline {b.baseline:.4f})" if b.baseline is not None else ""))
-        lines.append(f"{'BLESSED' if b.blessed else 'NOT BLESSED'}: {b.reason(min_accuracy, max_drop)}")
-    lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to else "pushed: nothing")
+        lines.append(b.headline(min_accuracy, max_drop))
+        lines += b.report(min_accuracy, max_drop)
+    if summary.pushed_to and summary.pushed_new:
+        lines.append(f"pushed to: {summary.pushed_to} (version {summary.pushed_version})")
+    elif summary.pushed_to:
+        lines.append(f"pushed: no new version; this model is already version "
+                     f"{summary.pushed_version} at {summary.pushed_to}")
+    else:
+        lines.append("pushed: nothing")
     if wall_seconds is not None:
         lines.append(f"total time: {wall_seconds:.0f}s")
     return "\n".join(lines)

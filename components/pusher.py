@@ -1,0 +1,112 @@
+"""The Pusher's executor: numbered versions, never half-written, never duplicated.
+
+TFX's own Pusher names versions by Unix time and copies straight into the serving
+folder, so a model server polling it can load a half-copied version, and a re-run
+whose Trainer came from cache pushes the same model again. Here:
+
+- versions are 1, 2, 3, ... (what TF Serving and Vertex expect);
+- a version is copied into a hidden temporary folder and renamed into place (atomic on
+  a local filesystem); on object stores (gs://), where there is no rename, a
+  `_XFER_COMPLETE` marker is written last and readers (`xfer predict`) require it;
+- a blessed model that is already the latest version creates no new version;
+- `push.keep` bounds how many versions stay (oldest removed first).
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, Optional
+
+import tensorflow as tf
+from absl import logging
+from tfx.components.pusher import executor as tfx_pusher
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+
+COMPLETE_MARKER = "_XFER_COMPLETE"
+SOURCE_FILE = "xfer_source.json"
+
+
+def complete_versions(base: str) -> list[int]:
+    """The numbered versions under `base` that were written completely, ascending."""
+    if not tf.io.gfile.exists(base):
+        return []
+    versions = []
+    for name in tf.io.gfile.listdir(base):
+        name = name.rstrip("/")
+        if name.isdigit() and tf.io.gfile.exists(os.path.join(base, name, COMPLETE_MARKER)):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def latest_version_dir(base: str) -> Optional[str]:
+    versions = complete_versions(base)
+    return os.path.join(base, str(versions[-1])) if versions else None
+
+
+def _source_of(version_dir: str) -> Optional[str]:
+    path = os.path.join(version_dir, SOURCE_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    return json.loads(tf.io.gfile.GFile(path).read()).get("model_uri")
+
+
+def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]) -> tuple[str, bool]:
+    """Copy the SavedModel at `model_path` to the next version under `base`.
+
+    Returns (version dir, whether a new version was written)."""
+    versions = complete_versions(base)
+    if versions:
+        latest = os.path.join(base, str(versions[-1]))
+        if _source_of(latest) == model_uri:
+            return latest, False
+    version = (versions[-1] + 1) if versions else 1
+    final = os.path.join(base, str(version))
+    tf.io.gfile.makedirs(base)
+    if "://" in base:
+        # No atomic rename on object stores: copy in place, then the marker, last.
+        io_utils.copy_dir(model_path, final)
+        _write_markers(final, model_uri)
+    else:
+        staging = os.path.join(base, f".staging-{version}-{uuid.uuid4().hex[:8]}")
+        io_utils.copy_dir(model_path, staging)
+        _write_markers(staging, model_uri)
+        os.rename(staging, final)  # readers see no version or the whole version
+    if keep:
+        for old in versions[: max(0, len(versions) + 1 - keep)]:
+            tf.io.gfile.rmtree(os.path.join(base, str(old)))
+    return final, True
+
+
+def _write_markers(version_dir: str, model_uri: str) -> None:
+    with tf.io.gfile.GFile(os.path.join(version_dir, SOURCE_FILE), "w") as f:
+        json.dump({"model_uri": model_uri}, f)
+    with tf.io.gfile.GFile(os.path.join(version_dir, COMPLETE_MARKER), "w") as f:
+        f.write("")
+
+
+class Executor(tfx_pusher.Executor):
+    """Pushes a blessed model to `push.destination` as the next numbered version."""
+
+    def Do(self, input_dict: dict[str, list], output_dict: dict[str, list],
+           exec_properties: dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        pushed = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(pushed)
+            return
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        custom = json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        version_dir, new = push_version(self.GetModelPath(input_dict), model.uri,
+                                        destination.filesystem.base_directory, custom.get("keep"))
+        if new:
+            logging.info("Model pushed as new version %s.", version_dir)
+        else:
+            logging.info("Model already pushed as %s; no new version.", version_dir)
+        self._MarkPushed(pushed, pushed_destination=version_dir,
+                         pushed_version=os.path.basename(version_dir))
+        pushed.set_int_custom_property("new_version", int(new))

@@ -1,0 +1,100 @@
+"""Evaluate, bless, push, predict, on a model that really learns (digits, VGG16).
+
+Run 1 is blessed and pushed as version 1. Run 2, made worse on purpose (almost no
+training), fails the change threshold: not blessed, version 1 stays the latest. Run 3,
+trained as well as run 1 (another seed), is blessed and pushed as version 2.
+"""
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import CONFIGS, read_examples, xfer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits-run")
+    config = ["--config", str(CONFIGS / "digits_learn.yaml"), "--set", f"root={root}"]
+    good = xfer("run", *config).stdout
+    worse = xfer("run", *config, "--set", "train.fine_tune.epochs=0", "--set", "train.transfer.epochs=1",
+                 "--set", "train.steps_per_epoch=1").stdout
+    again = xfer("run", *config, "--set", "train.seed=2").stdout
+    yield {"root": root, "config": config, "out": [good, worse, again]}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_first_run_blessed_on_value_thresholds_alone_and_pushed_as_version_1(runs):
+    out = runs["out"][0]
+    assert "BLESSED: every threshold passed (first run: no blessed baseline" in out
+    assert "not applied: no blessed baseline yet" in out
+    assert f"pushed to: {runs['root'] / 'serving' / '1'} (version 1)" in out
+    acc = float(out.split("eval accuracy: ")[1].split()[0])
+    assert acc > 0.5, "the model must really learn, or threshold tests are noise"
+
+
+def test_worse_model_fails_the_change_threshold_and_pushes_nothing(runs):
+    out = runs["out"][1]
+    assert "NOT BLESSED" in out and "pushed: nothing" in out
+    row = next(line for line in out.splitlines() if "eval.max_drop" in line and "FAIL" in line)
+    cand, base = [float(x) for x in row.split(")")[1].split()[:2]]
+    assert base - cand > 0.1  # both values named, the drop beyond max_drop
+    assert "sparse_categorical_accuracy change" in out
+    from components.pusher import complete_versions
+    assert complete_versions(str(runs["root"] / "serving")) == [1, 2]  # v2 comes from run 3
+
+
+def test_as_good_a_model_is_blessed_and_pushed_as_version_2(runs):
+    out = runs["out"][2]
+    assert "BLESSED: every threshold passed" in out and "NOT" not in out.split("BLESSED")[0][-4:]
+    assert f"(version 2)" in out
+
+
+def test_rerun_with_cached_trainer_creates_no_new_version(runs):
+    out = xfer("run", *runs["config"], "--set", "train.seed=2").stdout
+    assert "no new version; this model is already version 2" in out
+    from components.pusher import complete_versions
+    assert complete_versions(str(runs["root"] / "serving")) == [1, 2]
+
+
+def test_blessing_report_is_kept_with_the_run(runs):
+    reports = sorted((runs["root"] / "reports").glob("*/blessing.txt"))
+    assert len(reports) >= 3
+    text = reports[1].read_text()
+    assert "eval.max_drop" in text and "FAIL" in text
+
+
+def test_predict_on_png_and_jpeg_matches_the_saved_model(runs, tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    examples = read_examples(runs["root"] / "data" / "digits" / "eval" / "digits.tfrecord")[:4]
+    files = []
+    for i, ex in enumerate(examples):
+        png = tmp_path / f"digit{i}.png"
+        png.write_bytes(ex["image"][0])
+        files.append(str(png))
+        jpg = tmp_path / f"digit{i}.jpg"
+        Image.open(io.BytesIO(ex["image"][0])).convert("RGB").save(jpg, format="JPEG", quality=95)
+        files.append(str(jpg))
+    (tmp_path / "notes.png").write_text("not an image")
+    args = [str(runs["root"] / "serving"), *files, str(tmp_path / "missing.jpg"),
+            str(tmp_path / "notes.png"), "--top-k", "2", "--json"]
+    got = json.loads(xfer("predict", *args).stdout)
+    assert len(got) == len(files) + 2
+    assert "cannot read file" in got[-2]["error"] and "not a decodable image" in got[-1]["error"]
+    model = tf.saved_model.load(str(runs["root"] / "serving" / "2"))
+    for path, result in zip(files, got):
+        want = model.signatures["serving_default"](images=tf.constant([open(path, "rb").read()]))
+        probs = want["probabilities"].numpy()[0]
+        assert result["top"][0]["class"] == want["class_name"].numpy()[0].decode()
+        np.testing.assert_allclose(result["top"][0]["probability"], probs.max(), rtol=1e-5)
+        assert len(result["top"]) == 2
+    lines = xfer("predict", str(runs["root"] / "serving"), files[0], str(tmp_path / "missing.jpg"),
+                 check=False).stdout.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("cannot read file: No such file or directory")
