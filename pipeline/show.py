@@ -153,13 +153,17 @@ def view_model_run(uri: str) -> list[str]:
     return lines
 
 
+def _slice_value(key) -> str:
+    value = getattr(key, key.WhichOneof("kind"))
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
     import tensorflow_model_analysis as tfma
 
     lines = []
     for m in tfma.load_metrics(uri):
-        where = ", ".join(f"{k.column}={k.int64_value or k.bytes_value.decode() or k.float_value}"
-                          for k in m.slice_key.single_slice_keys) or "overall"
+        where = ", ".join(f"{k.column}={_slice_value(k)}" for k in m.slice_key.single_slice_keys) or "overall"
         for kv in m.metric_keys_and_values:
             model = kv.key.model_name or "candidate"
             diff = " (change vs baseline)" if kv.key.is_diff else ""
