@@ -75,8 +75,7 @@ def cmd_run(args) -> int:
         summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
     except Exception as e:
         raise StepFailed(_failed_component(config), e) from e
-    text = format_summary(summary, config.eval.min_accuracy, config.eval.max_drop,
-                          wall_seconds=time.perf_counter() - start)
+    text = format_summary(summary, config.eval, wall_seconds=time.perf_counter() - start)
     print(text)
     if summary.blessing is not None:
         report = _save_report(config, summary.run_id, text)

@@ -116,11 +116,15 @@ class EvalConfig(_Strict):
         description="Bless only when accuracy is at most this much below the latest blessed model "
                     "(absolute; null: no change threshold).")
 
+    max_drop_relative: Optional[float] = Field(
+        None, ge=0.0, description="Also (or instead) a relative drop, e.g. 0.02 = 2% of the baseline.")
+    top_k: int = Field(3, ge=2, description="Also report top-k accuracy.")
+
     @model_validator(mode="after")
     def _some_threshold(self):
-        if self.min_accuracy is None and self.max_drop is None:
+        if self.min_accuracy is None and self.max_drop is None and self.max_drop_relative is None:
             # TFMA writes no blessing at all without a threshold, so the Pusher would never push.
-            raise ValueError("eval needs at least one of min_accuracy or max_drop")
+            raise ValueError("eval needs at least one of min_accuracy, max_drop or max_drop_relative")
         return self
 
 

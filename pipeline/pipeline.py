@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -57,18 +58,24 @@ def _output_config(config: Config) -> Optional[tfx.proto.Output]:
 
 
 def eval_config(config: Config) -> tfma.EvalConfig:
-    """TFMA: accuracy on the eval split, judged by the configured thresholds."""
+    """TFMA: accuracy, top-k accuracy and loss, overall and per true class; the
+    configured thresholds judge the overall slice only (a class with a handful of
+    eval images must not decide the blessing on its own)."""
     from components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES
     from components.transform import LABEL
 
+    ev = config.eval
     threshold = tfma.MetricThreshold()
-    if config.eval.min_accuracy is not None:
+    if ev.min_accuracy is not None:
         threshold.value_threshold.CopyFrom(
-            tfma.GenericValueThreshold(lower_bound={"value": config.eval.min_accuracy}))
-    if config.eval.max_drop is not None:
-        threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -config.eval.max_drop}))
+            tfma.GenericValueThreshold(lower_bound={"value": ev.min_accuracy}))
+    if ev.max_drop is not None or ev.max_drop_relative is not None:
+        change = tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER)
+        if ev.max_drop is not None:
+            change.absolute.value = -ev.max_drop
+        if ev.max_drop_relative is not None:
+            change.relative.value = -ev.max_drop_relative
+        threshold.change_threshold.CopyFrom(change)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name=SERVING_EXAMPLES,
@@ -81,7 +88,11 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         # Overall, and per true class: accuracy within a class is that class's recall.
         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[LABEL])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", threshold=threshold),
+            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[
+                tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)]),
+            tfma.MetricConfig(class_name="SparseTopKCategoricalAccuracy",
+                              config=json.dumps({"k": ev.top_k, "name": f"top_{ev.top_k}_accuracy"})),
+            tfma.MetricConfig(class_name="SparseCategoricalCrossentropy", config='{"name": "loss"}'),
             tfma.MetricConfig(class_name="ExampleCount"),
         ])])
 

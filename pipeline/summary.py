@@ -19,38 +19,44 @@ class Blessing:
     baseline: Optional[float]
     failures: list[str] = field(default_factory=list)
 
-    def report(self, min_accuracy: Optional[float], max_drop: Optional[float]) -> list[str]:
-        """The blessing report: each threshold, candidate and baseline values, pass or fail."""
+    def report(self, ev) -> list[str]:
+        """The blessing report: each threshold of `ev` (the eval config), the candidate's
+        and the baseline's values, pass or FAIL."""
         def fmt(v):
             return "-" if v is None else f"{v:.4f}"
 
         rows = [("threshold", "candidate", "baseline", "result")]
-        if min_accuracy is not None:
-            ok = self.candidate is not None and self.candidate >= min_accuracy
-            rows.append((f"accuracy >= {min_accuracy} (eval.min_accuracy)", fmt(self.candidate), "-",
+        if ev.min_accuracy is not None:
+            ok = self.candidate is not None and self.candidate >= ev.min_accuracy
+            rows.append((f"accuracy >= {ev.min_accuracy} (eval.min_accuracy)", fmt(self.candidate), "-",
                          "pass" if ok else "FAIL"))
-        if max_drop is not None:
-            name = f"accuracy drop <= {max_drop} vs last blessed (eval.max_drop)"
+        change_rules = []
+        if ev.max_drop is not None:
+            change_rules.append((f"accuracy drop <= {ev.max_drop} vs last blessed (eval.max_drop)",
+                                 lambda change, base: change >= -ev.max_drop - 1e-9))
+        if ev.max_drop_relative is not None:
+            change_rules.append((f"relative drop <= {ev.max_drop_relative} vs last blessed "
+                                 f"(eval.max_drop_relative)",
+                                 lambda change, base: change >= -ev.max_drop_relative * base - 1e-9))
+        for name, passes in change_rules:
             if self.baseline is None:
-                rows.append((name, fmt(self.candidate), "none",
-                             "not applied: no blessed baseline yet"))
+                rows.append((name, fmt(self.candidate), "none", "not applied: no blessed baseline yet"))
             else:
                 change = (self.candidate or 0.0) - self.baseline
-                ok = change >= -max_drop - 1e-9
                 rows.append((name, fmt(self.candidate), fmt(self.baseline),
-                             f"{'pass' if ok else 'FAIL'} (change {change:+.4f})"))
+                             f"{'pass' if passes(change, self.baseline) else 'FAIL'} (change {change:+.4f})"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
         if self.failures:
             lines.append("  TFMA: " + "; ".join(self.failures))
         return lines
 
-    def headline(self, min_accuracy: Optional[float], max_drop: Optional[float]) -> str:
+    def headline(self, ev) -> str:
         if self.blessed:
             text = "BLESSED: every threshold passed"
         else:
             text = "NOT BLESSED: " + ("; ".join(self.failures) or "a threshold failed")
-        if self.baseline is None and max_drop is not None:
+        if self.baseline is None and (ev.max_drop is not None or ev.max_drop_relative is not None):
             text += " (first run: no blessed baseline, judged on value thresholds alone)"
         return text
 
@@ -195,7 +201,8 @@ def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = No
     return summary
 
 
-def format_summary(summary: RunSummary, min_accuracy, max_drop, wall_seconds: Optional[float] = None) -> str:
+def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None) -> str:
+    """The end-of-run summary; `ev` is the run's eval config (its thresholds)."""
     lines = [f"run {summary.run_id}"]
     width = max(len(c) for c in summary.states) if summary.states else 10
     for component, state in summary.states.items():
@@ -209,8 +216,8 @@ def format_summary(summary: RunSummary, min_accuracy, max_drop, wall_seconds: Op
         if b.candidate is not None:
             lines.append(f"eval accuracy: {b.candidate:.4f}"
                          + (f" (baseline {b.baseline:.4f})" if b.baseline is not None else ""))
-        lines.append(b.headline(min_accuracy, max_drop))
-        lines += b.report(min_accuracy, max_drop)
+        lines.append(b.headline(ev))
+        lines += b.report(ev)
     if summary.pushed_to and summary.pushed_new:
         lines.append(f"pushed to: {summary.pushed_to} (version {summary.pushed_version})")
     elif summary.pushed_to:

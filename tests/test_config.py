@@ -49,7 +49,7 @@ def test_bad_choice_lists_allowed_values():
 
 
 def test_no_threshold_is_an_error():
-    with pytest.raises(ConfigError, match="at least one of min_accuracy or max_drop"):
+    with pytest.raises(ConfigError, match="at least one of min_accuracy, max_drop or max_drop_relative"):
         load_config("demo", ["eval.min_accuracy=null", "eval.max_drop=null"])
 
 
