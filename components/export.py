@@ -16,6 +16,7 @@ from components.transform import IMAGE
 SERVING_EXAMPLES = "serving_examples"
 TRANSFORM_FEATURES = "transform_features"
 PREDICTION_KEY = "probabilities"
+TFLITE_FILE = "model.tflite"
 
 
 def _raw_image_feature(images: tf.Tensor, spec) -> tf.Tensor:
@@ -61,3 +62,15 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
         SERVING_EXAMPLES: serve_examples.get_concrete_function(),
         TRANSFORM_FEATURES: transform_features.get_concrete_function(),
     }
+
+
+def write_tflite(model: tf.keras.Model, path: str) -> None:
+    """The same classifier as TFLite, for devices: input float32 [1, size, size, 3] RGB in
+    [0, 255] (decode and resize on the device), output class probabilities. Class names
+    are in labels.txt beside it. The backbone's normalization is inside, as in serving."""
+    size = model.input_shape[1]
+    predict = tf.function(lambda image: model(image, training=False))
+    concrete = predict.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32, name="image"))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(converter.convert())

@@ -95,6 +95,8 @@ def run_fn(fn_args):
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"class_names": names, "history": _jsonable(history)}, f, indent=1)
+    if cfg.get("tflite"):
+        export.write_tflite(classifier, os.path.join(extra, export.TFLITE_FILE))
     summary_lines = []
     classifier.summary(print_fn=summary_lines.append)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "model_summary.txt"), "w") as f:

@@ -131,6 +131,7 @@ class EvalConfig(_Strict):
 class PushConfig(_Strict):
     destination: Optional[str] = Field(None, description="Default: <root>/serving.")
     keep: Optional[int] = Field(None, ge=1, description="Versions to keep (oldest removed); null: all.")
+    tflite: bool = Field(False, description="Also export the same model as TFLite (model.tflite + labels.txt).")
 
 
 class KubeflowConfig(_Strict):
@@ -190,7 +191,7 @@ class Config(_Strict):
                     "model": {"image_size": d["model"]["image_size"]}}
         if step == "trainer":
             return {"data": data, "model": d["model"], "train": d["train"],
-                    "labels_file": self.labels_file}
+                    "labels_file": self.labels_file, "tflite": d["push"]["tflite"]}
         raise ValueError(f"no step config for '{step}'")
 
 

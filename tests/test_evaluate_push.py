@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits-run")
-    config = ["--config", str(CONFIGS / "digits_learn.yaml"), "--set", f"root={root}"]
+    config = ["--config", str(CONFIGS / "digits_learn.yaml"), "--set", f"root={root}",
+              "--set", "push.tflite=true"]
     good = xfer("run", *config).stdout
     worse = xfer("run", *config, "--set", "train.fine_tune.epochs=0", "--set", "train.transfer.epochs=1",
                  "--set", "train.steps_per_epoch=1").stdout
@@ -99,3 +100,25 @@ def test_predict_on_png_and_jpeg_matches_the_saved_model(runs, tmp_path):
     lines = xfer("predict", str(runs["root"] / "serving"), files[0], str(tmp_path / "missing.jpg"),
                  check=False).stdout.splitlines()
     assert len(lines) == 2 and lines[1].endswith("cannot read file: No such file or directory")
+
+
+def test_tflite_export_matches_the_saved_model(runs):
+    import tensorflow as tf
+
+    from components.transform import decode_images
+
+    version = runs["root"] / "serving" / "2"
+    tflite = version / "assets.extra" / "model.tflite"
+    assert tflite.exists() and (version / "assets.extra" / "labels.txt").read_text().split() == \
+        [str(d) for d in range(10)]
+    model = tf.saved_model.load(str(version))
+    interpreter = tf.lite.Interpreter(model_path=str(tflite))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    examples = read_examples(runs["root"] / "data" / "digits" / "eval" / "digits.tfrecord")[:5]
+    for ex in examples:
+        png = ex["image"][0]
+        interpreter.set_tensor(inp["index"], decode_images(tf.constant([png]), 32).numpy())
+        interpreter.invoke()
+        want = model.signatures["serving_default"](images=tf.constant([png]))["probabilities"].numpy()
+        np.testing.assert_allclose(interpreter.get_tensor(out["index"]), want, atol=1e-4)
