@@ -94,6 +94,8 @@ def eval_config(config: Config) -> tfma.EvalConfig:
                               config=json.dumps({"k": ev.top_k, "name": f"top_{ev.top_k}_accuracy"})),
             tfma.MetricConfig(class_name="SparseCategoricalCrossentropy", config='{"name": "loss"}'),
             tfma.MetricConfig(class_name="ExampleCount"),
+            # Per-class precision and recall come from it (see `xfer show RUN Evaluator`).
+            tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         ])])
 
 

@@ -158,6 +158,31 @@ def _slice_value(key) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def confusion_lines(uri: str) -> list[str]:
+    """The candidate's confusion matrix on the overall slice, with per-class precision/recall."""
+    import numpy as np
+    import tensorflow_model_analysis as tfma
+
+    for plots in tfma.load_plots(uri):
+        if plots.slice_key.single_slice_keys:
+            continue
+        for kv in plots.plot_keys_and_values:
+            if kv.key.model_name == "baseline" or not kv.value.HasField("multi_class_confusion_matrix"):
+                continue
+            entries = kv.value.multi_class_confusion_matrix.entries
+            n = 1 + max(max(e.actual_class_id, e.predicted_class_id) for e in entries)
+            m = np.zeros((n, n), dtype=np.int64)
+            for e in entries:
+                if e.actual_class_id >= 0 and e.predicted_class_id >= 0:
+                    m[e.actual_class_id, e.predicted_class_id] += int(e.num_weighted_examples)
+            lines = ["  confusion matrix (rows: true class, columns: predicted):"]
+            lines += ["    " + " ".join(f"{v:5d}" for v in row) + f"   class {i}: precision "
+                      f"{m[i, i] / max(1, m[:, i].sum()):.3f} recall {m[i, i] / max(1, m[i].sum()):.3f}"
+                      for i, row in enumerate(m)]
+            return lines
+    return []
+
+
 def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
     import tensorflow_model_analysis as tfma
 
@@ -168,6 +193,7 @@ def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
             model = kv.key.model_name or "candidate"
             diff = " (change vs baseline)" if kv.key.is_diff else ""
             lines.append(f"  [{where}] {model} {kv.key.name}{diff}: {kv.value.double_value.value:.4f}")
+    lines += confusion_lines(uri)
     b = read_blessing(uri, bool(blessed))
     lines.append(f"  {'BLESSED' if blessed else 'NOT BLESSED'}"
                  + (": " + "; ".join(b.failures) if b.failures else ": every threshold passed"))
