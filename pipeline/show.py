@@ -167,9 +167,10 @@ def confusion_lines(uri: str) -> list[str]:
         if plots.slice_key.single_slice_keys:
             continue
         for kv in plots.plot_keys_and_values:
-            if kv.key.model_name == "baseline" or not kv.value.HasField("multi_class_confusion_matrix"):
+            matrices = kv.value.multi_class_confusion_matrix_at_thresholds.matrices
+            if kv.key.model_name == "baseline" or not matrices:
                 continue
-            entries = kv.value.multi_class_confusion_matrix.entries
+            entries = matrices[0].entries  # threshold 0: the argmax prediction
             n = 1 + max(max(e.actual_class_id, e.predicted_class_id) for e in entries)
             m = np.zeros((n, n), dtype=np.int64)
             for e in entries:
