@@ -45,9 +45,28 @@ def _mobilenet_v2(input_shape, weights, alpha):
         include_top=False, weights=weights, input_shape=input_shape, alpha=alpha)
 
 
+def _resnet50(input_shape, weights, alpha):
+    return tf.keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
+
+
+def _efficientnet_b0(input_shape, weights, alpha):
+    return tf.keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=input_shape)
+
+
+def _identity_normalization() -> tf.keras.layers.Layer:
+    # EfficientNet rescales and normalizes inside its own graph; it takes [0, 255].
+    return tf.keras.layers.Identity(name="normalize")
+
+
+def _caffe_normalization() -> tf.keras.layers.Layer:
+    return CaffeNormalization(name="normalize")
+
+
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("vgg16", 32, _vgg16, lambda: CaffeNormalization(name="normalize")),
+    "vgg16": Backbone("vgg16", 32, _vgg16, _caffe_normalization),
     "mobilenet_v2": Backbone("mobilenet_v2", 32, _mobilenet_v2, _mobilenet_normalization),
+    "resnet50": Backbone("resnet50", 32, _resnet50, _caffe_normalization),
+    "efficientnet_b0": Backbone("efficientnet_b0", 32, _efficientnet_b0, _identity_normalization),
 }
 
 

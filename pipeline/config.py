@@ -65,12 +65,25 @@ class HeadConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+# Smallest input each backbone accepts (tf.keras.applications without the top); the
+# registry in components/backbones.py must agree (a test checks it).
+MIN_IMAGE_SIZE = {"vgg16": 32, "mobilenet_v2": 32, "resnet50": 32, "efficientnet_b0": 32}
+
+
 class ModelConfig(_Strict):
-    backbone: Literal["vgg16", "mobilenet_v2"] = "mobilenet_v2"
+    backbone: Literal["vgg16", "mobilenet_v2", "resnet50", "efficientnet_b0"] = "mobilenet_v2"
     weights: str = Field("imagenet", description="imagenet | none | path to a weights file (local or gs://)")
     alpha: float = Field(1.0, gt=0.0, description="MobileNetV2 width multiplier.")
     image_size: int = Field(224, ge=1)
     head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @model_validator(mode="after")
+    def _size_fits_backbone(self):
+        minimum = MIN_IMAGE_SIZE[self.backbone]
+        if self.image_size < minimum:
+            raise ValueError(f"image_size {self.image_size} is below {self.backbone}'s minimum of "
+                             f"{minimum} px; set model.image_size to {minimum} or more")
+        return self
 
 
 class TransferConfig(_Strict):

@@ -1,0 +1,73 @@
+"""Backbones and the two phases: which layers train, and where normalization lives."""
+import numpy as np
+import pytest
+
+import components  # noqa: F401
+import tensorflow as tf
+
+from components import backbones
+from components.model import build_model, freeze_base, unfreeze_top
+from pipeline.config import MIN_IMAGE_SIZE, ConfigError, load_config
+
+
+def head(**kw):
+    return {"pooling": "avg", "dense": [], "activation": "relu", "dropout": 0.0, **kw}
+
+
+def model_cfg(backbone, size=32):
+    return {"backbone": backbone, "weights": "none", "alpha": 0.35, "image_size": size, "head": head()}
+
+
+def trainable_layers(model):
+    names = set()
+    for v in model.trainable_variables:
+        names.add(v.name.split("/")[0])
+    return names
+
+
+def test_registry_and_config_agree():
+    assert set(backbones.BACKBONES) == set(MIN_IMAGE_SIZE)
+    for name, spec in backbones.BACKBONES.items():
+        assert spec.min_size == MIN_IMAGE_SIZE[name]
+
+
+def test_size_below_backbone_minimum_is_a_config_error():
+    with pytest.raises(ConfigError, match="image_size 24 is below vgg16's minimum of 32 px"):
+        load_config("demo", ["model.image_size=24"])
+
+
+def test_vgg16_phase1_trains_only_the_head_phase2_from_block5_conv1():
+    model, base = build_model({**model_cfg("vgg16"), "head": head(dense=[16])}, 3)
+    freeze_base(base)
+    assert trainable_layers(model) == {"head_dense_0", "probabilities"}
+    unfrozen = unfreeze_top(base, "block5_conv1", 0.2)
+    assert unfrozen == ["block5_conv1", "block5_conv2", "block5_conv3"]
+    assert trainable_layers(model) == {"block5_conv1", "block5_conv2", "block5_conv3",
+                                       "head_dense_0", "probabilities"}
+
+
+def test_efficientnet_batchnorm_never_trains():
+    model, base = build_model(model_cfg("efficientnet_b0"), 4)
+    unfreeze_top(base, None, 1.0)  # unfreeze everything that may be unfrozen
+    bn = [l for l in base.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+    assert bn and not any(l.trainable_weights for l in bn)
+    assert any(l.trainable_weights for l in base.layers if "conv" in l.name)
+
+
+def test_unknown_from_layer_lists_layers():
+    _, base = build_model(model_cfg("vgg16"), 2)
+    with pytest.raises(ValueError, match="'block9_conv1' is not a layer of vgg16.*block5_conv1"):
+        unfreeze_top(base, "block9_conv1", 0.2)
+
+
+@pytest.mark.parametrize("name,expected_first", [
+    ("vgg16", lambda x: x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)),
+    ("resnet50", lambda x: x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)),
+    ("mobilenet_v2", lambda x: x / 127.5 - 1.0),
+    ("efficientnet_b0", lambda x: x),
+])
+def test_each_backbone_owns_its_normalization(name, expected_first):
+    model, _ = build_model(model_cfg(name), 2)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    normalized = model.get_layer("normalize")(x).numpy()
+    np.testing.assert_allclose(normalized, expected_first(x), rtol=1e-5, atol=1e-4)
