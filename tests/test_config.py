@@ -44,7 +44,7 @@ def test_wrong_type_names_key_value_and_expectation():
 
 
 def test_bad_choice_lists_allowed_values():
-    with pytest.raises(ConfigError, match=r"'model.backbone': 'resnet9'.*'vgg16' or 'mobilenet_v2'"):
+    with pytest.raises(ConfigError, match=r"'model.backbone': 'resnet9'.*'vgg16', 'mobilenet_v2', 'resnet50' or 'efficientnet_b0'"):
         load_config("demo", ["model.backbone=resnet9"])
 
 
