@@ -142,12 +142,13 @@ def cmd_show(args) -> int:
     from pipeline.show import format_show
     from pipeline.summary import open_store, pipeline_runs
 
-    db, name = _store(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)
+    db, name = _store(config)
     run_id = args.run
     if run_id in ("latest", "last"):
         runs = pipeline_runs(open_store(db), name)
         run_id = runs[-1].name if runs else run_id
-    print(format_show(db, name, run_id, args.component))
+    print(format_show(db, name, run_id, args.component, label_key=config.data.label_key))
     return 0
 
 

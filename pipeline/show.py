@@ -95,6 +95,38 @@ def view_statistics(uri: str) -> list[str]:
     return lines
 
 
+LABEL_SCAN_LIMIT = 100_000
+
+
+def label_distribution(examples_uri: str, label_key: str) -> list[str]:
+    """Examples per label value in each split, read from the examples themselves (TFDV's
+    numeric statistics give only a range and a mean for an integer label)."""
+    import collections
+
+    import tensorflow as tf
+
+    lines = []
+    for split in _splits(examples_uri):
+        files = tf.io.gfile.glob(os.path.join(examples_uri, split, "*"))
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(LABEL_SCAN_LIMIT).batch(1024)
+        first = next(iter(ds.unbatch().take(1)), None)
+        if first is None:
+            lines.append(f"  {split.removeprefix('Split-')}: no examples")
+            continue
+        feature = tf.train.Example.FromString(first.numpy()).features.feature.get(label_key)
+        dtype = tf.string if feature is not None and feature.WhichOneof("kind") == "bytes_list" else tf.int64
+        counts: collections.Counter = collections.Counter()
+        for batch in ds:
+            parsed = tf.io.parse_example(batch, {label_key: tf.io.VarLenFeature(dtype)})
+            values = parsed[label_key].values.numpy().tolist()
+            counts.update(v.decode(errors="replace") if isinstance(v, bytes) else v for v in values)
+        total = sum(counts.values())
+        capped = f" (first {LABEL_SCAN_LIMIT:,} examples)" if total >= LABEL_SCAN_LIMIT else ""
+        dist = ", ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+        lines.append(f"  {split.removeprefix('Split-')} label distribution{capped}: {dist}")
+    return lines
+
+
 def view_schema(uri: str) -> list[str]:
     from tfx.utils import io_utils
     from tensorflow_metadata.proto.v0 import schema_pb2
@@ -202,7 +234,7 @@ def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
 
 
 def format_show(metadata_path: str, pipeline_name: str, run_id: str,
-                component: Optional[str] = None) -> str:
+                component: Optional[str] = None, label_key: str = "label") -> str:
     artifacts = run_artifacts(metadata_path, pipeline_name, run_id)
     if component and component not in artifacts:
         raise LookupError(f"run '{run_id}' has no component '{component}'; it has: "
@@ -219,7 +251,9 @@ def format_show(metadata_path: str, pipeline_name: str, run_id: str,
             views = {"ExampleStatistics": view_statistics, "Schema": view_schema,
                      "ExampleAnomalies": view_anomalies, "TransformGraph": view_transform,
                      "ModelRun": view_model_run}
-            if type_name in views:
+            if type_name == "Examples" and node == "ImportExampleGen":
+                lines += ["  " + line for line in label_distribution(a.uri, label_key)]
+            elif type_name in views:
                 lines += ["  " + line for line in views[type_name](a.uri)]
             elif type_name == "ModelEvaluation":
                 lines += ["  " + line for line in view_evaluation(a.uri, blessed)]

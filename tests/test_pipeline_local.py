@@ -136,6 +136,7 @@ def test_show_prints_the_blessing_reason_of_a_failed_threshold(runs):
     assert "NOT BLESSED" in out and "sparse_categorical_accuracy" in out and "1.01" in out
     assert "Trainer" not in out.split("Evaluator", 1)[1]  # only the asked component
     full = xfer("show", *runs["config"], run_id).stdout
+    assert "train label distribution: 0:" in full and "eval label distribution: 0:" in full
     for view in ("examples", "image_format_histogram: png:128", "presence", "no anomalies",
                  "epoch 2 (fine_tune)", "Total params", "confusion matrix", "top_3_accuracy"):
         assert view in full, view
