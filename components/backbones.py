@@ -6,6 +6,7 @@ normalize differently from training.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,7 +89,7 @@ def build_base(name: str, image_size: int, weights: str, alpha: float = 1.0) -> 
     if weights == "none":
         return spec.build(shape, None, alpha)
     if weights == "imagenet":
-        return spec.build(shape, "imagenet", alpha)
+        return _with_imagenet(spec, shape, alpha)
     if not tf.io.gfile.exists(weights):
         raise FileNotFoundError(
             f"model.weights: weights file '{weights}' does not exist; give a path to a Keras "
@@ -101,3 +102,36 @@ def build_base(name: str, image_size: int, weights: str, alpha: float = 1.0) -> 
         tf.io.gfile.copy(weights, local, overwrite=True)
     base.load_weights(local)
     return base
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """ImageNet weights neither cached nor downloadable."""
+
+
+def _with_imagenet(spec: Backbone, shape, alpha: float) -> tf.keras.Model:
+    """The base with ImageNet weights from the Keras cache, downloaded into it if missing.
+    Offline with no cached file, a clear error naming the fix, before any training."""
+    try:
+        return spec.build(shape, "imagenet", alpha)
+    except Exception as e:  # noqa: BLE001 - Keras raises a bare Exception on fetch failure
+        if "URL fetch failure" not in str(e) and not isinstance(e, OSError):
+            raise
+        size = "" if spec.name != "mobilenet_v2" else f" --image-size {shape[0]} --alpha {alpha}"
+        raise WeightsUnavailable(
+            f"model.weights: imagenet weights for {spec.name} are not in the Keras cache "
+            f"({keras_cache_dir()}/models) and could not be downloaded ({e}). Fill the cache "
+            f"where there is network with `xfer weights fetch --backbone {spec.name}{size}` "
+            f"(the Docker image can bake them in with --build-arg BAKE_WEIGHTS={spec.name}), "
+            f"or set model.weights to a weights file or to none") from None
+
+
+def keras_cache_dir() -> str:
+    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+
+def fetch_imagenet(name: str, image_size: int = 224, alpha: float = 1.0) -> str:
+    """Download a backbone's ImageNet weights into the Keras cache (for air-gapped runs
+    and the Docker image); returns the cache folder."""
+    spec = get(name)
+    _with_imagenet(spec, (image_size, image_size, 3), alpha)
+    return os.path.join(keras_cache_dir(), "models")

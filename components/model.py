@@ -20,31 +20,59 @@ def build_model(model_cfg: dict, num_classes: int) -> tuple[tf.keras.Model, tf.k
     base = backbones.build_base(spec.name, size, model_cfg["weights"], model_cfg["alpha"])
     base.trainable = False
 
-    head = model_cfg["head"]
     inputs = tf.keras.Input(shape=(size, size, 3), name="image", dtype=tf.float32)
     x = spec.normalization()(inputs)
     x = base(x, training=False)
-    if head["pooling"] == "avg":
-        x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    elif head["pooling"] == "max":
-        x = tf.keras.layers.GlobalMaxPooling2D(name="pool")(x)
-    else:
-        x = tf.keras.layers.Flatten(name="pool")(x)
-    for i, units in enumerate(head["dense"]):
-        x = tf.keras.layers.Dense(units, activation=head["activation"], name=f"head_dense_{i}")(x)
-        if head["dropout"]:
-            x = tf.keras.layers.Dropout(head["dropout"], name=f"head_dropout_{i}")(x)
-    if head["dropout"] and not head["dense"]:
-        x = tf.keras.layers.Dropout(head["dropout"], name="head_dropout")(x)
-    # float32 output, so a mixed-precision policy never yields float16 probabilities.
-    outputs = tf.keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    x = _pooling(model_cfg["head"]["pooling"])(x)
+    outputs = apply_head(_head_layers(model_cfg["head"], num_classes), x)
     return tf.keras.Model(inputs, outputs, name=f"xfer_{spec.name}"), base
 
 
-def compile_for(model: tf.keras.Model, optimizer: str, learning_rate: float) -> None:
+def _pooling(kind: str) -> tf.keras.layers.Layer:
+    if kind == "avg":
+        return tf.keras.layers.GlobalAveragePooling2D(name="pool")
+    if kind == "max":
+        return tf.keras.layers.GlobalMaxPooling2D(name="pool")
+    return tf.keras.layers.Flatten(name="pool")
+
+
+def _head_layers(head: dict, num_classes: int) -> list[tf.keras.layers.Layer]:
+    layers = []
+    for i, units in enumerate(head["dense"]):
+        layers.append(tf.keras.layers.Dense(units, activation=head["activation"], name=f"head_dense_{i}"))
+        if head["dropout"]:
+            layers.append(tf.keras.layers.Dropout(head["dropout"], name=f"head_dropout_{i}"))
+    if head["dropout"] and not head["dense"]:
+        layers.append(tf.keras.layers.Dropout(head["dropout"], name="head_dropout"))
+    # float32 output, so a mixed-precision policy never yields float16 probabilities.
+    layers.append(tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                        name="probabilities"))
+    return layers
+
+
+def apply_head(layers: list[tf.keras.layers.Layer], x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def split_at_pool(classifier: tf.keras.Model) -> tuple[tf.keras.Model, tf.keras.Model]:
+    """(features, head): the frozen part up to the pooling layer, and the head after it,
+    sharing the classifier's layers (training the head trains the classifier's head).
+    The pooling layer has no weights, so the frozen part's output is all phase 1 needs."""
+    pool = classifier.get_layer("pool")
+    features = tf.keras.Model(classifier.input, pool.output, name="features")
+    after = classifier.layers[classifier.layers.index(pool) + 1:]
+    head_in = tf.keras.Input(shape=pool.output.shape[1:], name="features", dtype=pool.output.dtype)
+    head = tf.keras.Model(head_in, apply_head(after, head_in), name="head")
+    return features, head
+
+
+def compile_for(model: tf.keras.Model, optimizer: str, learning_rate: float,
+                steps_per_execution: int = 1) -> None:
     model.compile(
         optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate),
+        steps_per_execution=steps_per_execution,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(),
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 

@@ -73,6 +73,8 @@ def cmd_run(args) -> int:
     to_nodes = [args.to_node] if args.to_node else None
     try:
         summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
+    except ConfigError:
+        raise
     except Exception as e:
         raise StepFailed(_failed_component(config), e) from e
     text = format_summary(summary, config.eval, wall_seconds=time.perf_counter() - start)
@@ -166,6 +168,16 @@ def cmd_predict(args) -> int:
     return 0 if any(not r.error for r in results) else 1
 
 
+def cmd_weights_fetch(args) -> int:
+    from components.backbones import fetch_imagenet
+
+    for name in args.backbone:
+        for size in args.image_size:
+            folder = fetch_imagenet(name, size, args.alpha)
+            print(f"{name}: imagenet weights (image size {size}) in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xfer", description=DESCRIPTION.format(shipped=", ".join(shipped_configs())),
@@ -229,11 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("weights", help="manage backbone weights (fill the Keras cache ahead of time)",
+                       description="ImageNet weights for air-gapped clusters and the Docker image.")
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    w = wsub.add_parser("fetch", help="download a backbone's ImageNet weights into the Keras cache",
+                        description="Download ImageNet weights (without the top) into the Keras "
+                                    "cache ($KERAS_HOME or ~/.keras), so runs with weights: imagenet "
+                                    "need no network. MobileNetV2's file depends on image size "
+                                    "and alpha.")
+    from pipeline.config import MIN_IMAGE_SIZE
+    w.add_argument("--backbone", action="append", required=True, choices=sorted(MIN_IMAGE_SIZE),
+                   help="backbone name (repeatable)")
+    w.add_argument("--image-size", type=int, action="append", default=None,
+                   help="input size (repeatable; default 224)")
+    w.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width (default 1.0)")
+    w.set_defaults(func=cmd_weights_fetch)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "image_size", 0) is None:
+        args.image_size = [224]
     _quiet(args.verbose)
     try:
         return args.func(args)

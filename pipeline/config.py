@@ -86,10 +86,22 @@ class ModelConfig(_Strict):
         return self
 
 
+class EarlyStoppingConfig(_Strict):
+    monitor: str = Field("val_loss", description="A logged metric, e.g. val_loss or val_accuracy.")
+    patience: int = Field(2, ge=0, description="Epochs without improvement before the phase stops.")
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best_weights: bool = True
+
+
 class TransferConfig(_Strict):
     epochs: int = Field(3, ge=0)
     learning_rate: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    early_stopping: Optional[EarlyStoppingConfig] = Field(
+        None, description="Stop phase 1 when `monitor` stops improving (null: run every epoch).")
+    cache_features: Literal["auto", "on", "off"] = Field(
+        "auto", description="Train phase 1 on the frozen base's features, computed once "
+                            "(auto: when phase 1 has no augmentation).")
 
 
 class FineTuneConfig(_Strict):
@@ -100,6 +112,8 @@ class FineTuneConfig(_Strict):
     from_layer: Optional[str] = Field(
         None, description="Unfreeze the base from this layer on (e.g. block5_conv1).")
     fraction: float = Field(0.2, gt=0.0, le=1.0, description="Else unfreeze this top fraction of base layers.")
+    early_stopping: Optional[EarlyStoppingConfig] = Field(
+        None, description="Stop phase 2 when `monitor` stops improving (null: run every epoch).")
 
 
 class AugmentConfig(_Strict):
@@ -111,6 +125,10 @@ class AugmentConfig(_Strict):
     contrast: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+def _augments(aug: AugmentConfig) -> bool:
+    return any(v for v in aug.model_dump().values())
+
+
 class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="Default: one pass over the train split.")
@@ -119,6 +137,29 @@ class TrainConfig(_Strict):
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    strategy: Literal["auto", "tpu", "multi_worker", "mirrored", "default"] = Field(
+        "auto", description="auto: TPU if configured or found, multi-worker if TF_CONFIG names "
+                            "several workers, mirrored if several GPUs, else default.")
+    tpu: Optional[str] = Field(None, description="TPU name or grpc:// address ('local' on a TPU VM).")
+    devices: Optional[list[str]] = Field(
+        None, description="Devices for the mirrored strategy (default: all GPUs).")
+    mixed_precision: Literal["auto", "off", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto", description="auto: mixed_bfloat16 on TPU, mixed_float16 on GPU, off on CPU.")
+    steps_per_execution: int = Field(1, ge=1, description="Batches per compiled call (TPUs want many).")
+    resume: bool = Field(
+        True, description="Back up training state every epoch and resume from it when a killed "
+                          "Trainer is re-run with the same inputs.")
+    reports: bool = Field(True, description="Curves, confusion matrix and an image grid as PNG, "
+                                            "and TensorBoard logs, in the model run folder.")
+
+    @model_validator(mode="after")
+    def _cache_needs_plain_phase1(self):
+        if self.transfer.cache_features == "on" and _augments(self.augment):
+            raise ValueError(
+                "transfer.cache_features is 'on' but train.augment is set: cached features are "
+                "computed once, so phase 1 would never see an augmented image; set "
+                "cache_features to auto (cache only without augmentation) or off, or drop augment")
+        return self
 
 
 class EvalConfig(_Strict):

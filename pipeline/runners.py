@@ -22,6 +22,20 @@ def prepare_data(config: Config) -> None:
             f"of TFRecords (e.g. made by `xfer data import-folder`)")
 
 
+def check_weights(config: Config) -> None:
+    """Offline with `weights: imagenet` and nothing cached: fail now, naming the fix,
+    not minutes later in the Trainer. (A cached or downloadable file passes, and the
+    download fills the cache the local Trainer reads.)"""
+    if config.model.weights != "imagenet":
+        return
+    from components.backbones import WeightsUnavailable, build_base
+    m = config.model
+    try:
+        build_base(m.backbone, m.image_size, "imagenet", m.alpha)
+    except WeightsUnavailable as e:
+        raise ConfigError(str(e)) from None
+
+
 def run_local(config: Config, from_nodes: Optional[list[str]] = None,
               to_nodes: Optional[list[str]] = None) -> RunSummary:
     """Run the DAG locally. With from_nodes/to_nodes, a partial run: only the nodes
@@ -36,6 +50,7 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
             raise ConfigError(f"--from/--to: no component '{node}'; components: {', '.join(COMPONENTS)}")
     config = to_absolute(config)
     prepare_data(config)
+    check_weights(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     run_options = None
     if from_nodes or to_nodes:

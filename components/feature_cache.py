@@ -1,0 +1,44 @@
+"""Phase 1 on cached features (the Chinese tutorial's "fast feature extraction").
+
+With the base frozen and called in inference mode, and no augmentation, the output
+of the frozen part for an image never changes: compute it once per split, then train
+the head on it for every phase-1 epoch. The features are shuffled and batched by the
+same seeded `inputs.order` as images, so the head sees the same batches in the same
+order as it would on images, and ends with the same weights (within float rounding).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from components import inputs
+
+# from_tensor_slices embeds the arrays in the graph, which is capped at 2 GB.
+MAX_BYTES = 1_500_000_000
+
+
+def wanted(setting: str, augments: bool) -> bool:
+    """Whether phase 1 runs on cached features (`on` with augmentation is a config error)."""
+    return setting == "on" or (setting == "auto" and not augments)
+
+
+def extract(features_model: tf.keras.Model, images: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels for every (image, label) batch, in the dataset's order."""
+    feats, labels = [], []
+    predict = tf.function(lambda x: features_model(x, training=False))
+    for x, y in images:
+        feats.append(predict(x).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int, training: bool, seed: int,
+            shuffle_buffer: int, repeat: bool, drop_remainder: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    ds = inputs.order(ds, training=training, seed=seed, shuffle_buffer=shuffle_buffer,
+                      repeat=repeat, batch_size=batch_size, drop_remainder=drop_remainder)
+    return inputs.finish(ds)
+
+
+def fits(*arrays: np.ndarray) -> bool:
+    return sum(a.nbytes for a in arrays) <= MAX_BYTES

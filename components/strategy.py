@@ -1,0 +1,112 @@
+"""Distribution strategy and mixed precision for the Trainer.
+
+`train.strategy: auto` picks, in order: TPU when a TPU is configured (`train.tpu`) or
+discoverable (the cluster resolver finds one, as on a Cloud TPU VM or with TPU_NAME
+set by the platform), multi-worker when TF_CONFIG names several workers (Vertex
+Training and KFP set it), mirrored when there are several GPUs, else the default
+strategy. TF_CONFIG is the platform's contract with TensorFlow, so reading it here is
+not a back door around the config.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+KINDS = ("auto", "tpu", "multi_worker", "mirrored", "default")
+
+
+@dataclass
+class Chosen:
+    kind: str
+    strategy: tf.distribute.Strategy
+    why: str
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+def _workers_in_tf_config(env: dict) -> int:
+    raw = env.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except ValueError:
+        raise ValueError("TF_CONFIG is not valid JSON; the platform (or you) must set it to "
+                         "{\"cluster\": {...}, \"task\": {...}}") from None
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
+
+
+def _find_tpu(tpu: Optional[str], resolver_factory: Callable) -> Optional[object]:
+    """A TPU cluster resolver when a TPU is configured or discoverable, else None."""
+    try:
+        resolver = resolver_factory(tpu=tpu) if tpu else resolver_factory()
+    except (ValueError, RuntimeError, tf.errors.NotFoundError):
+        if tpu:
+            raise
+        return None
+    try:
+        master = resolver.master()
+    except (ValueError, RuntimeError):
+        master = ""
+    return resolver if (tpu or master) else None
+
+
+def choose(kind: str, *, tpu: Optional[str] = None, devices: Optional[list[str]] = None,
+           env: Optional[dict] = None,
+           resolver_factory: Optional[Callable] = None,
+           connect: Optional[Callable] = None,
+           initialize: Optional[Callable] = None) -> Chosen:
+    """The strategy for `kind` (see module doc). The TPU hooks are parameters so the
+    selection can be tested without a TPU; the defaults are TensorFlow's own."""
+    if kind not in KINDS:
+        raise ValueError(f"train.strategy: '{kind}' is not one of {', '.join(KINDS)}")
+    env = os.environ if env is None else env
+    resolver_factory = resolver_factory or tf.distribute.cluster_resolver.TPUClusterResolver
+    connect = connect or tf.config.experimental_connect_to_cluster
+    initialize = initialize or tf.tpu.experimental.initialize_tpu_system
+
+    if kind in ("auto", "tpu"):
+        resolver = _find_tpu(tpu, resolver_factory)
+        if resolver is not None:
+            connect(resolver)
+            initialize(resolver)
+            return Chosen("tpu", tf.distribute.TPUStrategy(resolver),
+                          f"TPU {tpu or resolver.master()}")
+        if kind == "tpu":
+            raise ValueError("train.strategy is tpu but no TPU was found; set train.tpu to the "
+                             "TPU name or grpc:// address (or 'local' on a TPU VM)")
+
+    workers = _workers_in_tf_config(env)
+    if kind == "multi_worker" or (kind == "auto" and workers > 1):
+        return Chosen("multi_worker", tf.distribute.MultiWorkerMirroredStrategy(),
+                      f"TF_CONFIG names {workers} workers")
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy(devices=devices) if devices else tf.distribute.MirroredStrategy()
+        return Chosen("mirrored", strategy,
+                      f"devices {devices}" if devices else f"{len(gpus)} GPUs")
+    return Chosen("default", tf.distribute.get_strategy(),
+                  f"one device ({'GPU' if gpus else 'CPU'})")
+
+
+def precision_policy(setting: str, chosen_kind: str) -> str:
+    """The Keras mixed-precision policy for `train.mixed_precision`.
+
+    auto: bfloat16 compute on TPU, float16 on GPU (with loss scaling, which Keras adds
+    at compile), float32 on CPU where low precision is slower, not faster."""
+    if setting == "off":
+        return "float32"
+    if setting != "auto":
+        return setting
+    if chosen_kind == "tpu":
+        return "mixed_bfloat16"
+    if tf.config.list_logical_devices("GPU"):
+        return "mixed_float16"
+    return "float32"
