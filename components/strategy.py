@@ -27,7 +27,7 @@ class Chosen:
 
     @property
     def replicas(self) -> int:
-        return self.strategy.num_replicas_in_sync
+        return getattr(self.strategy, "num_replicas_in_sync", 1)
 
 
 def _workers_in_tf_config(env: dict) -> int:
@@ -57,43 +57,52 @@ def _find_tpu(tpu: Optional[str], resolver_factory: Callable) -> Optional[object
     return resolver if (tpu or master) else None
 
 
+def decide(kind: str, *, tpu_found: bool, workers: int, gpus: int) -> str:
+    """Which strategy `train.strategy: kind` means on this machine."""
+    if kind not in KINDS:
+        raise ValueError(f"train.strategy: '{kind}' is not one of {', '.join(KINDS)}")
+    if kind != "auto":
+        return kind
+    if tpu_found:
+        return "tpu"
+    if workers > 1:
+        return "multi_worker"
+    if gpus > 1:
+        return "mirrored"
+    return "default"
+
+
 def choose(kind: str, *, tpu: Optional[str] = None, devices: Optional[list[str]] = None,
            env: Optional[dict] = None,
            resolver_factory: Optional[Callable] = None,
            connect: Optional[Callable] = None,
-           initialize: Optional[Callable] = None) -> Chosen:
-    """The strategy for `kind` (see module doc). The TPU hooks are parameters so the
+           initialize: Optional[Callable] = None,
+           tpu_strategy: Optional[Callable] = None) -> Chosen:
+    """The strategy for `kind` (see module doc), built. The TPU hooks are parameters so
     selection can be tested without a TPU; the defaults are TensorFlow's own."""
-    if kind not in KINDS:
-        raise ValueError(f"train.strategy: '{kind}' is not one of {', '.join(KINDS)}")
     env = os.environ if env is None else env
-    resolver_factory = resolver_factory or tf.distribute.cluster_resolver.TPUClusterResolver
-    connect = connect or tf.config.experimental_connect_to_cluster
-    initialize = initialize or tf.tpu.experimental.initialize_tpu_system
-
+    resolver = None
     if kind in ("auto", "tpu"):
-        resolver = _find_tpu(tpu, resolver_factory)
-        if resolver is not None:
-            connect(resolver)
-            initialize(resolver)
-            return Chosen("tpu", tf.distribute.TPUStrategy(resolver),
-                          f"TPU {tpu or resolver.master()}")
-        if kind == "tpu":
+        resolver = _find_tpu(tpu, resolver_factory or tf.distribute.cluster_resolver.TPUClusterResolver)
+        if kind == "tpu" and resolver is None:
             raise ValueError("train.strategy is tpu but no TPU was found; set train.tpu to the "
                              "TPU name or grpc:// address (or 'local' on a TPU VM)")
-
     workers = _workers_in_tf_config(env)
-    if kind == "multi_worker" or (kind == "auto" and workers > 1):
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    chosen = decide(kind, tpu_found=resolver is not None, workers=workers, gpus=gpus)
+
+    if chosen == "tpu":
+        (connect or tf.config.experimental_connect_to_cluster)(resolver)
+        (initialize or tf.tpu.experimental.initialize_tpu_system)(resolver)
+        return Chosen("tpu", (tpu_strategy or tf.distribute.TPUStrategy)(resolver),
+                      f"TPU {tpu or resolver.master()}")
+    if chosen == "multi_worker":
         return Chosen("multi_worker", tf.distribute.MultiWorkerMirroredStrategy(),
                       f"TF_CONFIG names {workers} workers")
-
-    gpus = tf.config.list_logical_devices("GPU")
-    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+    if chosen == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=devices) if devices else tf.distribute.MirroredStrategy()
-        return Chosen("mirrored", strategy,
-                      f"devices {devices}" if devices else f"{len(gpus)} GPUs")
-    return Chosen("default", tf.distribute.get_strategy(),
-                  f"one device ({'GPU' if gpus else 'CPU'})")
+        return Chosen("mirrored", strategy, f"devices {', '.join(devices)}" if devices else f"{gpus} GPUs")
+    return Chosen("default", tf.distribute.get_strategy(), f"one device ({'GPU' if gpus else 'CPU'})")
 
 
 def precision_policy(setting: str, chosen_kind: str) -> str:

@@ -23,9 +23,9 @@ from components import (augment, export, feature_cache, inputs, labels, model as
 class EpochLog(tf.keras.callbacks.Callback):
     """One line per epoch: phase, epoch, metrics, images/s."""
 
-    def __init__(self, phase: str, batch_size: int):
+    def __init__(self, phase: str, batch_size: int, steps_per_execution: int = 1):
         super().__init__()
-        self.phase, self.batch_size = phase, batch_size
+        self.phase, self.batch_size, self.spe = phase, batch_size, steps_per_execution
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._steps = time.perf_counter(), 0
@@ -36,7 +36,7 @@ class EpochLog(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._start
         # With steps_per_execution > 1 Keras calls batch hooks once per execution.
-        steps = self._steps * max(1, int(getattr(self.model, "_steps_per_execution", 1) or 1))
+        steps = self._steps * self.spe
         rate = steps * self.batch_size / seconds if seconds else 0.0
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
         print(f"[xfer] {self.phase} epoch {epoch + 1}: {metrics} {rate:.1f} images/s "
@@ -99,7 +99,7 @@ def _train_and_export(fn_args):
         cbs = backup.callbacks() + _early_stopping(train[phase]["early_stopping"])
         if train["reports"]:
             cbs.append(tf.keras.callbacks.TensorBoard(logs_dir, profile_batch=0, write_graph=False))
-        return cbs + [EpochLog(phase.replace("_", "-"), batch)]
+        return cbs + [EpochLog(phase.replace("_", "-"), batch, spe)]
 
     history = {}
     transfer = train["transfer"]
