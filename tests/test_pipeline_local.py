@@ -138,7 +138,8 @@ def test_show_prints_the_blessing_reason_of_a_failed_threshold(runs):
     full = xfer("show", *runs["config"], run_id).stdout
     assert "train label distribution: 0:" in full and "eval label distribution: 0:" in full
     for view in ("examples", "image_format_histogram: png:128", "presence", "no anomalies",
-                 "epoch 2 (fine_tune)", "Total params", "confusion matrix", "top_3_accuracy"):
+                 "epoch 2 (fine_tune)", "Total params", "confusion matrix", "top_3_accuracy",
+                 "curves.png", "eval_grid.png", "TensorBoard logs"):
         assert view in full, view
 
 
