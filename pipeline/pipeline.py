@@ -127,6 +127,9 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
         materialize=False,
+        # Pre-transform statistics are StatisticsGen's; post-transform ones would decode
+        # every image once more only to describe float pixels.
+        disable_statistics=True,
         custom_config=_step_config(config, "transform"))
 
     trainer = tfx.components.Trainer(
