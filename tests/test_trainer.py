@@ -88,6 +88,7 @@ def head_weights(serving_dir):
     return {w.name: w.numpy() for w in model.trainable_weights}, model
 
 
+@pytest.mark.integration
 def test_cached_and_uncached_phase1_give_the_same_head(data, tmp_path, capsys):
     from components.trainer import run_fn
     # SGD: Adam divides by the root of tiny second moments, amplifying float rounding
@@ -114,6 +115,7 @@ def test_cache_on_with_augmentation_is_a_config_error(data):
         trainer_config(data, transfer={"cache_features": "on"}, augment={"horizontal_flip": True})
 
 
+@pytest.mark.integration
 def test_early_stopping_ends_phase1_and_phase2_continues_its_timeline(data, tmp_path, capsys):
     from components.trainer import run_fn
     stop = {"monitor": "val_loss", "patience": 0, "min_delta": 100.0}
@@ -154,6 +156,7 @@ def _spec(args: FnArgs, path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_killed_trainer_resumes_from_its_last_epoch(data, tmp_path):
     cfg = trainer_config(data, resume=True, transfer={"epochs": 2, "learning_rate": 0.01},
                          fine_tune={"enabled": True, "epochs": 3, "learning_rate": 1e-3, "fraction": 0.1})
@@ -185,6 +188,7 @@ def test_killed_trainer_resumes_from_its_last_epoch(data, tmp_path):
     assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-4 and np.isfinite(probs).all()
 
 
+@pytest.mark.integration
 def test_mirrored_strategy_on_two_logical_cpus(data, tmp_path):
     cfg = trainer_config(data, strategy="mirrored", devices=["/cpu:0", "/cpu:1"],
                          transfer={"epochs": 1, "learning_rate": 0.01, "cache_features": "off"},
@@ -209,6 +213,7 @@ def _encoded(fmt, mode="RGB", size=(45, 30)):
     return buf.getvalue()
 
 
+@pytest.mark.integration
 def test_serving_on_raw_bytes_equals_keras_on_transformed_tensor(data, tmp_path):
     from components.trainer import run_fn
     args = fn_args(data, tmp_path, trainer_config(data, transfer={"epochs": 1, "learning_rate": 0.01}))
@@ -225,6 +230,7 @@ def test_serving_on_raw_bytes_equals_keras_on_transformed_tensor(data, tmp_path)
         str(i).encode() for i in served["class_id"].numpy()]
 
 
+@pytest.mark.integration
 def test_augmentation_changes_training_images_every_epoch_never_eval(data):
     tft_output = tft.TFTransformOutput(data["transform"])
     aug = augment.build_augmenter({"horizontal_flip": True, "vertical_flip": False, "rotation": 0.11,
