@@ -110,6 +110,7 @@ def _train_and_export(fn_args):
         print(f"[xfer] transfer: resumed: phase 1 finished before the interruption "
               f"({_epochs_run(history['transfer'])} epochs), weights restored", flush=True)
     elif transfer["epochs"]:
+        phase_start = time.perf_counter()
         model_lib.freeze_base(base)
         cached = feature_cache.wanted(transfer["cache_features"], augmenter is not None)
         fit_model, train_ds, eval_ds = classifier, None, None
@@ -141,9 +142,13 @@ def _train_and_export(fn_args):
                           steps_per_epoch=steps, verbose=0, callbacks=callbacks("transfer", phase1))
         history["transfer"] = phase1.history(h.history)
         phase1.mark_done(classifier)
+        print(f"[xfer] transfer done: {_epochs_run(history['transfer'])} epochs in "
+              f"{time.perf_counter() - phase_start:.1f}s "
+              f"({'on cached features' if fit_model is not classifier else 'on images'})", flush=True)
 
     fine = train["fine_tune"]
     if fine["enabled"] and fine["epochs"]:
+        phase_start = time.perf_counter()
         epoch = _epochs_run(history.get("transfer", {}))
         with chosen.strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, fine["from_layer"], fine["fraction"])
@@ -157,6 +162,8 @@ def _train_and_export(fn_args):
                            initial_epoch=epoch, epochs=epoch + fine["epochs"], steps_per_epoch=steps,
                            verbose=0, callbacks=callbacks("fine_tune", phase2))
         history["fine_tune"] = phase2.history(h.history)
+        print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
+              f"{time.perf_counter() - phase_start:.1f}s", flush=True)
 
     _export(fn_args, cfg, classifier, tft_output, names, history)
     if train["reports"]:
