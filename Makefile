@@ -8,7 +8,7 @@ XFER := $(VENV)/bin/xfer
 # from source costs ~55 s per process instead of ~17 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install demo test test-fast compile clean
+.PHONY: install demo test test-fast compile bench clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -27,6 +27,10 @@ test: install
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -v -m "not integration" tests
+
+# The benchmark against the plain-Keras script; writes bench/RESULTS.md (about 6 min).
+bench: install
+	$(VENV)/bin/python bench/run.py
 
 compile: install
 	$(XFER) compile --config kubeflow --out pipeline.json

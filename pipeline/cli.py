@@ -47,6 +47,9 @@ def _quiet(verbose: bool) -> None:
     # The runner's progress is logged at INFO; the filter keeps only that unless verbose.
     absl_logger = logging.getLogger("absl")
     absl_logger.setLevel(logging.INFO)
+    # Steps call absl.logging.set_verbosity mid-run (seen in Transform: FATAL, then
+    # WARNING), which hid every later progress line; keep the level chosen here.
+    absl_logger.setLevel = lambda level: None
     absl_logger.addFilter(_Progress(verbose))
     if verbose:
         return

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SHIPPED_DIR = Path(__file__).parent / "configs"
 
@@ -102,6 +102,12 @@ class TransferConfig(_Strict):
     cache_features: Literal["auto", "on", "off"] = Field(
         "auto", description="Train phase 1 on the frozen base's features, computed once "
                             "(auto: when phase 1 has no augmentation).")
+
+    @field_validator("cache_features", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class FineTuneConfig(_Strict):

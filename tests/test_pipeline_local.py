@@ -50,6 +50,8 @@ def test_first_run_executes_everything_blesses_and_pushes(runs):
     out = runs["outputs"][0]
     assert "BLESSED" in out and "no blessed baseline yet" in out and "pushed to:" in out
     assert "eval accuracy:" in out and "total time:" in out
+    for component in UP_TO_TRAINER + AFTER_TRAINER:  # a progress line per step, start and end
+        assert f"[xfer] {component} running ..." in out and f"[xfer] {component} done (" in out, component
 
 
 def test_pushed_model_classifies_raw_png_bytes(runs, cifar):

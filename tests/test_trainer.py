@@ -110,6 +110,12 @@ def test_cached_and_uncached_phase1_give_the_same_head(data, tmp_path, capsys):
     assert losses[0][-1] < losses[0][0], "the head must actually have trained"
 
 
+def test_cache_features_on_off_from_the_command_line():
+    from pipeline.config import load_config
+    assert load_config("demo", ["train.transfer.cache_features=on"]).train.transfer.cache_features == "on"
+    assert load_config("demo", ["train.transfer.cache_features=off"]).train.transfer.cache_features == "off"
+
+
 def test_cache_on_with_augmentation_is_a_config_error(data):
     with pytest.raises(ConfigError, match="cache_features is 'on' but train.augment is set"):
         trainer_config(data, transfer={"cache_features": "on"}, augment={"horizontal_flip": True})
