@@ -171,6 +171,33 @@ def cmd_predict(args) -> int:
     return 0 if any(not r.error for r in results) else 1
 
 
+def cmd_import_folder(args) -> int:
+    from components.folder_import import Progress, import_folder, summary
+
+    ratios = {k: v for k, v in (("train", args.train), ("eval", args.eval), ("test", args.test)) if v}
+    total = sum(ratios.values())
+    if not ratios or abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"--train/--eval/--test must add up to 1; got {total:g}")
+    manifest = import_folder(args.src, args.out, ratios=ratios, shards=args.shards,
+                             max_pixels=args.max_pixels, workers=args.workers, progress=Progress())
+    print(summary(manifest, args.out))
+    if not manifest.written:
+        print(f"xfer: nothing usable in {args.src}: every file was rejected (see "
+              f"{os.path.join(args.out, 'manifest.json')})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_data_schema(args) -> int:
+    from components.labels import read_labels_file
+    from components.schema import write_schema
+
+    n = args.num_classes or len(read_labels_file(args.labels))
+    print(f"wrote {write_schema(args.out, n, args.image_key, args.label_key)}: "
+          f"{args.image_key} (bytes, exactly once), {args.label_key} (int in [0, {n}))")
+    return 0
+
+
 def cmd_weights_fetch(args) -> int:
     from components.backbones import fetch_imagenet
 
@@ -244,6 +271,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="bring data in: image folders to TFRecords, schemas",
+                       description="Turn labelled image folders into the TFRecords the pipeline "
+                                   "reads, and write curated schemas.")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    d = dsub.add_parser("import-folder", help="image folders -> sharded TFRecords + labels.txt + manifest",
+                        description="Read SRC/<class>/* or SRC/<split>/<class>/* (splits: train, "
+                                    "eval|valid|validation, test), any common image format, and "
+                                    "write OUT/<split>/*.tfrecord.gz of tf.Example (image, label, "
+                                    "filename, height, width), labels.txt, schema.pbtxt (the curated "
+                                    "schema for these classes) and manifest.json (counts per split "
+                                    "and class, a checksum per shard, every rejected file with its "
+                                    "reason, every converted file). Use OUT as data.input_base with "
+                                    "splits {train: 'train/*', eval: 'eval/*'}.")
+    d.add_argument("src", help="folder of images, one subfolder per class")
+    d.add_argument("out", help="output folder")
+    d.add_argument("--train", type=float, default=0.8, help="share for train without split folders (0.8)")
+    d.add_argument("--eval", type=float, default=0.2, help="share for eval (0.2)")
+    d.add_argument("--test", type=float, default=0.0, help="share for test (0)")
+    d.add_argument("--shards", type=int, help="shards per split (default: one per 2,000 images)")
+    d.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="refuse larger images as decompression bombs (default 50,000,000)")
+    d.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    d.set_defaults(func=cmd_import_folder)
+    d = dsub.add_parser("schema", help="write the curated schema for a label set",
+                        description="Write schemas/image_classification.pbtxt made concrete for a "
+                                    "dataset (label in [0, number of classes), your feature keys), "
+                                    "to import with data.schema_path.")
+    d.add_argument("--labels", help="labels.txt (one class per line)")
+    d.add_argument("--num-classes", type=int, help="instead of --labels")
+    d.add_argument("--image-key", default="image")
+    d.add_argument("--label-key", default="label")
+    d.add_argument("--out", required=True, help="schema.pbtxt to write")
+    d.set_defaults(func=cmd_data_schema)
 
     p = sub.add_parser("weights", help="manage backbone weights (fill the Keras cache ahead of time)",
                        description="ImageNet weights for air-gapped clusters and the Docker image.")

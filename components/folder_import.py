@@ -1,0 +1,323 @@
+"""`xfer data import-folder`: a folder of labelled images -> sharded TFRecords of
+tf.Example, labels.txt, a schema and a manifest.
+
+Layouts: SRC/<class>/<files> (split by a hash of the relative path), or
+SRC/<split>/<class>/<files> with split folders named train, eval/valid/validation
+and test. Every input file ends either in a TFRecord or in the manifest's `rejected`
+list with its reason; images TensorFlow cannot decode as RGB as they are (CMYK,
+16-bit, WebP, TIFF, ...) are re-encoded as PNG and listed under `converted`.
+Files are decoded in a pool of processes; results stream to the writers in a fixed
+order, so memory stays flat and the same input always gives the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Callable, Iterator, Optional
+
+SPLIT_NAMES = {"train": "train", "eval": "eval", "valid": "eval", "validation": "eval", "test": "test"}
+# What TensorFlow's decode_image reads as RGB as it is; anything else is re-encoded.
+TF_READS = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "RGBA", "L", "LA", "P", "1"},
+            "GIF": {"P", "L", "RGB"}, "BMP": {"RGB", "RGBA"}}
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000 x 7000; larger is refused as a decompression bomb
+EXAMPLES_PER_SHARD = 2000
+
+
+@dataclass
+class Item:
+    path: bytes       # absolute, as the filesystem spells it
+    rel: bytes        # relative to SRC
+    split: str
+    label: int
+
+
+@dataclass
+class Result:
+    rel: bytes
+    split: str
+    label: int
+    image: Optional[bytes] = None
+    height: int = 0
+    width: int = 0
+    reason: Optional[str] = None
+    converted: Optional[str] = None
+
+
+@dataclass
+class Manifest:
+    source: str
+    layout: str
+    classes: list
+    ratios: dict
+    counts: dict = field(default_factory=dict)
+    shards: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+    converted: list = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return sum(s["examples"] for s in self.shards)
+
+
+def _name(b: bytes) -> str:
+    # Non-UTF-8 names survive as surrogate escapes (JSON writes them as \\udcXX).
+    return os.fsdecode(b)
+
+
+def _is_hidden(name: bytes) -> bool:
+    return name.startswith(b".")
+
+
+def scan(src: bytes, ratios: dict) -> tuple[str, list[str], list[Item], list[dict]]:
+    """(layout, classes, items, rejected) for a source folder, walking symlinks once."""
+    top = sorted(e for e in os.listdir(src))
+    top_dirs = [e for e in top if os.path.isdir(os.path.join(src, e)) and not _is_hidden(e)]
+    split_layout = bool(top_dirs) and all(_name(d).lower() in SPLIT_NAMES for d in top_dirs)
+    rejected: list[dict] = []
+    roots = []  # (folder, split or None)
+    for entry in top:
+        full = os.path.join(src, entry)
+        if entry in top_dirs:
+            roots.append((entry, SPLIT_NAMES[_name(entry).lower()] if split_layout else None))
+        else:
+            rejected.append({"path": _name(entry), "reason": "hidden file (dotfile or macOS metadata)"
+                             if _is_hidden(entry) else "not inside a class folder"})
+    classes = sorted({_name(c) for d, s in roots for c in (_class_dirs(src, d, rejected) if s else [d])})
+    index = {c: i for i, c in enumerate(classes)}
+    items: list[Item] = []
+    seen_dirs: set = set()
+    for folder, split in roots:
+        class_dirs = _class_dirs(src, folder, []) if split else [folder]
+        for cdir in class_dirs:
+            rel_class = os.path.join(folder, cdir) if split else cdir
+            for rel in _walk_files(src, rel_class, seen_dirs, rejected):
+                s = split or _hash_split(rel, ratios)
+                items.append(Item(os.path.join(src, rel), rel, s, index[_name(cdir)]))
+    items.sort(key=lambda it: it.rel)
+    rejected.sort(key=lambda r: r["path"])
+    return ("split-folders" if split_layout else "class-folders"), classes, items, rejected
+
+
+def _class_dirs(src: bytes, split_dir: bytes, rejected: list) -> list[bytes]:
+    out = []
+    for e in sorted(os.listdir(os.path.join(src, split_dir))):
+        full = os.path.join(src, split_dir, e)
+        if os.path.isdir(full) and not _is_hidden(e):
+            out.append(e)
+        else:
+            rejected.append({"path": _name(os.path.join(split_dir, e)),
+                             "reason": "hidden file (dotfile or macOS metadata)" if _is_hidden(e)
+                             else "not inside a class folder"})
+    return out
+
+
+def _walk_files(src: bytes, rel_dir: bytes, seen: set, rejected: list) -> Iterator[bytes]:
+    full = os.path.join(src, rel_dir)
+    st = os.stat(full)
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        rejected.append({"path": _name(rel_dir), "reason": "symlink loop: folder already visited "
+                         f"as another path ({_name(os.path.realpath(full))})"})
+        return
+    seen.add(key)
+    for e in sorted(os.listdir(full)):
+        rel = os.path.join(rel_dir, e)
+        path = os.path.join(src, rel)
+        if _is_hidden(e):
+            rejected.append({"path": _name(rel), "reason": "hidden file (dotfile or macOS metadata)"})
+        elif os.path.isdir(path):
+            yield from _walk_files(src, rel, seen, rejected)
+        else:
+            yield rel
+
+
+def _hash_split(rel: bytes, ratios: dict) -> str:
+    """A deterministic split from the relative path: the same file always lands in the
+    same split, whatever else is in the folder."""
+    x = int.from_bytes(hashlib.sha256(rel).digest()[:8], "big") / 2**64
+    acc = 0.0
+    names = [n for n in ("train", "eval", "test") if ratios.get(n)]
+    for name in names:
+        acc += ratios[name]
+        if x < acc:
+            return name
+    return names[-1]
+
+
+def _load(item: Item, max_pixels: int) -> Result:
+    """Read and check one file; re-encode what TensorFlow would not decode as RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    res = Result(item.rel, item.split, item.label)
+    try:
+        st = os.stat(item.path)
+        if not stat.S_ISREG(st.st_mode):
+            res.reason = "not a regular file"
+            return res
+        with open(item.path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        res.reason = f"unreadable: {e.strerror or e}"
+        return res
+    if not data:
+        res.reason = "empty file (0 bytes)"
+        return res
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, mode = img.format, img.mode
+            if img.width * img.height > max_pixels:
+                raise Image.DecompressionBombError("")
+            img.load()  # decodes fully: truncated and corrupt files fail here
+            res.width, res.height = img.size
+            if mode in TF_READS.get(fmt, ()):
+                res.image = data
+                return res
+            res.image = _reencode(img)
+            res.converted = f"{fmt} {mode} -> PNG RGB"
+            return res
+    except Image.DecompressionBombError:
+        res.reason = (f"decompression bomb: more pixels than the limit of {max_pixels:,} "
+                      f"(raise it with --max-pixels if the image is genuine)")
+    except UnidentifiedImageError:
+        res.reason = "not an image, or a format Pillow cannot read"
+    except (OSError, SyntaxError, ValueError) as e:
+        res.reason = f"truncated or corrupt image: {e}"
+    return res
+
+
+def _reencode(img) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit: keep the top 8 bits, as a viewer would show it.
+        arr = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray((arr >> 8).clip(0, 255).astype("uint8"), mode="L")
+    rgb = img.convert("RGB")
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _example(r: Result) -> bytes:
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    feature = {"image": b(r.image), "label": i(r.label), "filename": b(r.rel),
+               "height": i(r.height), "width": i(r.width)}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _shard_of(rel: bytes, shards: int) -> int:
+    return int.from_bytes(hashlib.sha256(b"shard:" + rel).digest()[:8], "big") % shards
+
+
+def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: Optional[int] = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: Optional[int] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> Manifest:
+    import tensorflow as tf
+
+    ratios = ratios or {"train": 0.8, "eval": 0.2}
+    srcb = os.fsencode(os.path.abspath(src))
+    if not os.path.isdir(srcb):
+        raise FileNotFoundError(f"import-folder: source '{src}' is not a folder; give a folder with "
+                                f"one subfolder per class (or train/ and eval/ folders of them)")
+    layout, classes, items, rejected = scan(srcb, ratios)
+    manifest = Manifest(source=os.path.abspath(src), layout=layout, classes=classes,
+                        ratios=ratios if layout == "class-folders" else {}, rejected=rejected)
+    splits = sorted({it.split for it in items})
+    per_split = {s: sum(1 for it in items if it.split == s) for s in splits}
+    n_shards = {s: shards or max(1, -(-per_split[s] // EXAMPLES_PER_SHARD)) for s in splits}
+    os.makedirs(out, exist_ok=True)
+    paths = {(s, k): os.path.join(out, s, f"data-{k:05d}-of-{n_shards[s]:05d}.tfrecord.gz")
+             for s in splits for k in range(n_shards[s])}
+    for s in splits:
+        os.makedirs(os.path.join(out, s), exist_ok=True)
+    writers = {key: tf.io.TFRecordWriter(p, options="GZIP") for key, p in paths.items()}
+    written = {key: 0 for key in paths}
+    counts = {s: {c: 0 for c in classes} for s in splits}
+    ctx = get_context("fork")
+    with ctx.Pool(workers or os.cpu_count() or 1) as pool:
+        args = ((it, max_pixels) for it in items)
+        for done, r in enumerate(pool.imap(_load_star, args, chunksize=8), 1):
+            if r.reason:
+                manifest.rejected.append({"path": _name(r.rel), "reason": r.reason})
+            else:
+                key = (r.split, _shard_of(r.rel, n_shards[r.split]))
+                writers[key].write(_example(r))
+                written[key] += 1
+                counts[r.split][classes[r.label]] += 1
+                if r.converted:
+                    manifest.converted.append({"path": _name(r.rel), "how": r.converted})
+            if progress:
+                progress(done, len(items))
+    for w in writers.values():
+        w.close()
+    for key, p in sorted(paths.items()):
+        if not written[key]:
+            os.remove(p)
+            continue
+        with open(p, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        manifest.shards.append({"path": os.path.relpath(p, out), "split": key[0],
+                                "examples": written[key], "sha256": digest})
+    manifest.counts = counts
+    manifest.rejected.sort(key=lambda r: r["path"])
+    with open(os.path.join(out, "labels.txt"), "w") as f:
+        f.write("".join(f"{c}\n" for c in classes))
+    from components.schema import write_schema
+    write_schema(os.path.join(out, "schema.pbtxt"), num_classes=len(classes))
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest.__dict__, f, indent=1, sort_keys=True)
+    return manifest
+
+
+def _load_star(args):
+    return _load(*args)
+
+
+def summary(m: Manifest, out: str) -> str:
+    lines = [f"import-folder: {m.source} ({m.layout}, {len(m.classes)} classes) -> {out}"]
+    for split, by_class in sorted(m.counts.items()):
+        lines.append(f"  {split}: {sum(by_class.values())} images "
+                     f"({', '.join(f'{c}: {n}' for c, n in by_class.items())})")
+    if m.converted:
+        lines.append(f"  converted: {len(m.converted)} (re-encoded as RGB PNG; see manifest)")
+    if m.rejected:
+        reasons: dict = {}
+        for r in m.rejected:
+            reasons.setdefault(r["reason"].split(":")[0], []).append(r["path"])
+        lines.append(f"  rejected: {len(m.rejected)}")
+        for reason, files in sorted(reasons.items()):
+            shown = ", ".join(files[:3]) + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
+            lines.append(f"    {reason}: {shown}")
+    lines.append(f"  written: {m.written} examples in {len(m.shards)} shard(s); "
+                 f"labels.txt, schema.pbtxt and manifest.json in {out}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A progress line on stderr at most every 2 s, for large folders."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= 2 or done == total and now - self.start >= 2:
+            self.last = now
+            print(f"[xfer] import-folder: {done}/{total} files "
+                  f"({done / (now - self.start):.0f} files/s)", file=sys.stderr, flush=True)

@@ -1,0 +1,27 @@
+"""The benchmark's parsing of real Trainer and baseline output lines."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import component_windows, epoch_rates, steady  # noqa: E402
+
+
+def test_epoch_rates_per_phase_from_both_sides():
+    text = "\n".join([
+        "[xfer] transfer epoch 1: accuracy=0.0838 loss=2.3027 3221.3 images/s (0.5s)",
+        "[xfer] fine-tune: unfrozen 15 base layers (block_12_depthwise .. Conv_1)",
+        "[xfer] fine-tune epoch 4: accuracy=0.1056 loss=2.3024 val_accuracy=0.0882 218.2 images/s (7.3s)",
+        "[xfer] fine-tune epoch 5: accuracy=0.1050 loss=2.3023 292.5 images/s (5.5s)",
+        "[baseline] fine-tune epoch 6: loss=2.3023 val_accuracy=0.0882 304.6 images/s (5.3s)",
+    ])
+    rates = epoch_rates(text)
+    assert rates == {"transfer": [3221.3], "fine-tune": [218.2, 292.5, 304.6]}
+    assert steady([218.2, 292.5, 304.6]) == (292.5 + 304.6) / 2
+    assert steady([5.0]) == 5.0
+
+
+def test_component_windows_from_progress_lines():
+    class W:
+        lines = [(0.0, "[xfer] Transform running ..."), (1.5, "[xfer] transfer done: 3 epochs in 7.0s"),
+                 (2.0, "[xfer] Transform done (2.0s)"), (2.1, "[xfer] Trainer running ...")]
+    assert component_windows(W()) == {"Transform": (0.0, 2.0)}
