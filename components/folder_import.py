@@ -278,8 +278,9 @@ def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: 
     manifest.rejected.sort(key=lambda r: r["path"])
     with open(os.path.join(out, "labels.txt"), "w") as f:
         f.write("".join(f"{c}\n" for c in classes))
-    from components.schema import write_schema
-    write_schema(os.path.join(out, "schema.pbtxt"), num_classes=len(classes))
+    if len(classes) >= 2:
+        from components.schema import write_schema
+        write_schema(os.path.join(out, "schema.pbtxt"), num_classes=len(classes))
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest.__dict__, f, indent=1, sort_keys=True)
     return manifest
@@ -304,8 +305,11 @@ def summary(m: Manifest, out: str) -> str:
         for reason, files in sorted(reasons.items()):
             shown = ", ".join(files[:3]) + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
             lines.append(f"    {reason}: {shown}")
+    if len(m.classes) < 2:
+        lines.append(f"  only {len(m.classes)} class folder(s): a classifier needs at least 2; "
+                     f"no schema.pbtxt written")
     lines.append(f"  written: {m.written} examples in {len(m.shards)} shard(s); "
-                 f"labels.txt, schema.pbtxt and manifest.json in {out}")
+                 f"labels.txt{', schema.pbtxt' if len(m.classes) >= 2 else ''} and manifest.json in {out}")
     return "\n".join(lines)
 
 

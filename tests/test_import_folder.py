@@ -191,9 +191,9 @@ def test_cli_summary_and_exit_code_when_nothing_is_usable(folder, tmp_path):
                 "--max-pixels", "1000000")
     assert "rejected: 10" in proc.stdout and "written:" in proc.stdout, proc.stdout
     assert "decompression bomb: digit0/huge.png" in proc.stdout
-    bad = tmp_path / "bad" / "cls"
-    bad.mkdir(parents=True)
-    (bad / "a.jpg").write_text("not an image")
+    for cls in ("cls", "other"):
+        (tmp_path / "bad" / cls).mkdir(parents=True)
+        (tmp_path / "bad" / cls / "a.jpg").write_text("not an image")
     proc = xfer("data", "import-folder", str(tmp_path / "bad"), str(tmp_path / "none"), check=False)
     assert proc.returncode == 1 and "nothing usable" in proc.stderr, proc.stderr
-    assert "not an image: cls/a.jpg" in proc.stdout
+    assert "not an image, or a format Pillow cannot read: cls/a.jpg, other/a.jpg" in proc.stdout
