@@ -44,6 +44,12 @@ class DataConfig(_Strict):
     num_classes: Optional[int] = Field(None, ge=2)
     schema_path: Optional[str] = Field(
         None, description="A curated schema.pbtxt imported with ImportSchemaGen; SchemaGen infers one if unset.")
+    on_anomaly: Literal["fail", "warn"] = Field(
+        "fail", description="ExampleValidator anomalies stop the run before Transform (fail) or are "
+                            "printed and the run goes on (warn).")
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "fail", description="A record whose image does not decode stops the run, naming it (fail), "
+                            "or is dropped and counted (skip).")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components import pusher as versioned_pusher
+from components.data_check import DataCheck
 from pipeline.config import Config
 
 TRANSFORM_FN = "components.transform.preprocessing_fn"
@@ -20,7 +21,7 @@ RUN_FN = "components.trainer.run_fn"
 
 # Node ids, in DAG order; the CLI and tests refer to components by these names.
 COMPONENTS = [
-    "ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
+    "ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataCheck", "Transform",
     "Trainer", "LatestBlessedModelResolver", "Evaluator", "Pusher",
 ]
 
@@ -120,10 +121,20 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
 
+    # The gate: anomalies stop the run (data.on_anomaly), and every image is decoded once
+    # so a bad record is named here, not deep in a later step (data.on_bad_image).
+    data_check = DataCheck(
+        examples=example_gen.outputs["examples"],
+        anomalies=example_validator.outputs["anomalies"],
+        image_key=config.data.image_key,
+        on_anomaly=config.data.on_anomaly,
+        on_bad_image=config.data.on_bad_image).with_id("DataCheck")
+    examples = data_check.outputs["checked_examples"]
+
     # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer
     # and the Evaluator apply the transform graph to the raw examples instead.
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
         materialize=False,
@@ -134,7 +145,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
@@ -148,7 +159,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
     ).with_id("LatestBlessedModelResolver")
 
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         example_splits=["eval"],
         model=trainer.outputs["model"],
         baseline_model=resolver.outputs["model"],
@@ -162,7 +173,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         custom_config={"keep": config.push.keep},
         custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
 
-    components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
+    components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,
                   trainer, resolver, evaluator, pusher]
     metadata = None if for_kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path)

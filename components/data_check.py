@@ -1,0 +1,151 @@
+"""DataCheck: the gate between validation and training.
+
+It stops the run when ExampleValidator found anomalies and `data.on_anomaly` is
+`fail` (with each anomaly in one readable line), and it decodes every example's image,
+so that a record that would crash Transform, the Trainer or the Evaluator with a
+TensorFlow stack trace deep in Beam is named here instead, by split, file, record
+index and id. `data.on_bad_image: fail` stops the run; `skip` drops those records,
+counts them, and lists them in bad_records.json beside the checked examples that
+every later step reads. It runs on Beam, so it scales out on Dataflow like the rest.
+"""
+
+import json
+import os
+
+import apache_beam as beam
+from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact,
+                                                        OutputArtifact, Parameter)
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+ID_KEYS = ("id", "filename")
+SHOWN = 10
+
+
+class DataCheckFailed(ValueError):
+    """Bad data and a config that says stop; the message names the fix."""
+
+
+def anomaly_lines(anomalies_uri: str) -> list[str]:
+    import tensorflow as tf
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    lines = []
+    for split_dir in sorted(tf.io.gfile.listdir(anomalies_uri)):
+        path = os.path.join(anomalies_uri, split_dir.rstrip("/"), "SchemaDiff.pb")
+        if not tf.io.gfile.exists(path):
+            continue
+        anomalies = anomalies_pb2.Anomalies()
+        anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+        split = split_dir.rstrip("/").removeprefix("Split-")
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            lines.append(f"split {split}, feature '{feature}': {info.short_description} ({info.description})")
+    return lines
+
+
+class _Check(beam.DoFn):
+    """(file, split) -> every record, tagged good or bad, with its index in the file."""
+
+    def __init__(self, image_key: str):
+        self.image_key = image_key
+
+    def process(self, item):
+        import tensorflow as tf
+
+        path, split = item
+        dataset = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
+        for index, raw in enumerate(dataset.as_numpy_iterator()):
+            reason, ident = None, None
+            try:
+                features = tf.train.Example.FromString(raw).features.feature
+                for key in ID_KEYS:
+                    if key in features and features[key].bytes_list.value:
+                        ident = features[key].bytes_list.value[0].decode("utf-8", "replace")
+                        break
+                values = features[self.image_key].bytes_list.value if self.image_key in features else []
+                if len(values) != 1:
+                    reason = f"feature '{self.image_key}' has {len(values)} values, not 1"
+                else:
+                    tf.io.decode_image(values[0], channels=3, expand_animations=False)
+            except tf.errors.InvalidArgumentError as e:
+                reason = f"image does not decode: {e.message.splitlines()[0]}"
+            except Exception as e:  # noqa: BLE001 - a record that is not even a tf.Example
+                reason = f"not a tf.Example: {e}"
+            if reason:
+                yield beam.pvalue.TaggedOutput("bad", {
+                    "split": split, "file": path, "index": index, "id": ident, "reason": reason})
+            else:
+                yield split, raw
+
+
+def _write_json(bad: list, path: str) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(sorted(bad, key=lambda b: (b["split"], b["file"], b["index"])), indent=1))
+
+
+def _describe(bad: dict) -> str:
+    ident = f", id {bad['id']}" if bad["id"] else ""
+    return f"split {bad['split']}, {os.path.basename(bad['file'])} record {bad['index']}{ident}: {bad['reason']}"
+
+
+@component(use_beam=True)
+def DataCheck(
+    examples: InputArtifact[standard_artifacts.Examples],
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    checked_examples: OutputArtifact[standard_artifacts.Examples],
+    image_key: Parameter[str],
+    on_anomaly: Parameter[str],
+    on_bad_image: Parameter[str],
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+    import tensorflow as tf
+    from tfx.types import artifact_utils
+
+    found = anomaly_lines(anomalies.uri)
+    if found and on_anomaly == "fail":
+        raise DataCheckFailed(
+            f"ExampleValidator found {len(found)} anomal{'y' if len(found) == 1 else 'ies'} "
+            f"and data.on_anomaly is fail: " + "; ".join(found) +
+            ". Fix the data, or the schema (data.schema_path), or set data.on_anomaly: warn "
+            "to train anyway (`xfer show latest ExampleValidator` lists them)")
+    for line in found:
+        print(f"[xfer] anomaly (data.on_anomaly: warn, continuing): {line}", flush=True)
+
+    splits = artifact_utils.decode_split_names(examples.split_names)
+    files = [(f, split) for split in splits
+             for f in sorted(tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{split}", "*")))]
+    bad_path = os.path.join(checked_examples.uri, "bad_records.json")
+    with beam_pipeline as p:
+        checked = (p | "Files" >> beam.Create(files) | "Reshuffle" >> beam.Reshuffle()
+                   | "Check" >> beam.ParDo(_Check(image_key)).with_outputs("bad", main="good"))
+        for split in splits:
+            _ = (checked.good
+                 | f"Only{split}" >> beam.Filter(lambda kv, s=split: kv[0] == s)
+                 | f"Raw{split}" >> beam.Map(lambda kv: kv[1])
+                 | f"Write{split}" >> beam.io.WriteToTFRecord(
+                     os.path.join(checked_examples.uri, f"Split-{split}", "data"),
+                     file_name_suffix=".gz"))
+        _ = (checked.bad | "AllBad" >> beam.combiners.ToList()
+             | "WriteBad" >> beam.Map(_write_json, bad_path))
+    bad = json.loads(tf.io.gfile.GFile(bad_path).read())
+    checked_examples.split_names = examples.split_names
+    # Downstream readers (Transform, TFMA) read the payload format; spans stay visible.
+    for name in ("payload_format", "file_format", "input_fingerprint"):
+        if examples.has_custom_property(name):
+            checked_examples.set_string_custom_property(name, examples.get_string_custom_property(name))
+    if examples.has_property("span"):
+        checked_examples.span = examples.span
+    checked_examples.set_int_custom_property("bad_records", len(bad))
+    if bad and on_bad_image == "fail":
+        shown = "; ".join(_describe(b) for b in bad[:SHOWN])
+        more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
+        raise DataCheckFailed(
+            f"{len(bad)} record(s) have no decodable image and data.on_bad_image is fail: {shown}{more}. "
+            f"Remove or re-encode them (xfer data import-folder re-encodes what TensorFlow cannot "
+            f"read), or set data.on_bad_image: skip to drop and count them")
+    if bad:
+        print(f"[xfer] skipped {len(bad)} record(s) whose image does not decode "
+              f"(data.on_bad_image: skip): " + "; ".join(_describe(b) for b in bad[:SHOWN])
+              + f"; all listed in {bad_path}", flush=True)
