@@ -68,7 +68,9 @@ class _Check(beam.DoFn):
                 else:
                     tf.io.decode_image(values[0], channels=3, expand_animations=False)
             except tf.errors.InvalidArgumentError as e:
-                reason = f"image does not decode: {e.message.splitlines()[0]}"
+                # "{{function_node ...}} Invalid PNG. ... [Op:DecodeImage]" -> "Invalid PNG. ..."
+                msg = e.message.splitlines()[0].split("}}")[-1].split("[Op:")[0].strip()
+                reason = f"image does not decode ({msg})"
             except Exception as e:  # noqa: BLE001 - a record that is not even a tf.Example
                 reason = f"not a tf.Example: {e}"
             if reason:
@@ -135,8 +137,9 @@ def DataCheck(
     for name in ("payload_format", "file_format", "input_fingerprint"):
         if examples.has_custom_property(name):
             checked_examples.set_string_custom_property(name, examples.get_string_custom_property(name))
-    if examples.has_property("span"):
-        checked_examples.span = examples.span
+    for name in ("span", "version"):
+        if examples.has_custom_property(name):
+            checked_examples.set_int_custom_property(name, examples.get_int_custom_property(name))
     checked_examples.set_int_custom_property("bad_records", len(bad))
     if bad and on_bad_image == "fail":
         shown = "; ".join(_describe(b) for b in bad[:SHOWN])

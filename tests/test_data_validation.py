@@ -1,0 +1,124 @@
+"""Bad data in the pipeline, for real: TFRecords from elsewhere with undecodable images,
+a curated schema that the data breaks, other feature keys, and scheduled spans."""
+import shutil
+
+import pytest
+
+import components  # noqa: F401
+import tensorflow as tf
+
+from conftest import CONFIGS, xfer
+
+pytestmark = pytest.mark.integration
+
+
+def _copy(src_file, dst_file, *, keys=("image", "label"), corrupt=(), limit=None):
+    """Rewrite CIFAR examples: rename the image and label keys, corrupt some images."""
+    dst_file.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with tf.io.TFRecordWriter(str(dst_file)) as w:
+        for i, raw in enumerate(tf.data.TFRecordDataset(str(src_file)).as_numpy_iterator()):
+            if limit is not None and i >= limit:
+                break
+            ex = tf.train.Example.FromString(raw)
+            f = ex.features.feature
+            if i in corrupt:
+                f["image"].bytes_list.value[0] = f["image"].bytes_list.value[0][:40]  # truncated PNG
+            out = tf.train.Example()
+            for k, v in f.items():
+                out.features.feature[{"image": keys[0], "label": keys[1]}.get(k, k)].CopyFrom(v)
+            w.write(out.SerializeToString())
+            n += 1
+    return n
+
+
+def _config(root, data, *extra):
+    return ["--config", str(CONFIGS / "cifar_small.yaml"), "--set", f"root={root}",
+            "--set", f"data.input_base={data}", "--set", "data.splits={train: 'train/*', eval: 'eval/*'}",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, cifar):
+    data = tmp_path_factory.mktemp("broken-data")
+    _copy(cifar / "train" / "cifar10_train.tfrecord", data / "train" / "part.tfrecord", corrupt=(5, 77))
+    _copy(cifar / "test" / "cifar10_test.tfrecord", data / "eval" / "part.tfrecord")
+    ids = []
+    for i, raw in enumerate(tf.data.TFRecordDataset(str(data / "train" / "part.tfrecord")).as_numpy_iterator()):
+        if i in (5, 77):
+            ids.append(tf.train.Example.FromString(raw).features.feature["id"].bytes_list.value[0].decode())
+    return data, ids
+
+
+def test_undecodable_image_fails_naming_split_record_and_id(broken, tmp_path, cifar):
+    data, ids = broken
+    proc = xfer("run", *_config(tmp_path, data, "--set", f"data.labels_file={cifar / 'labels.txt'}"),
+                "--to", "DataCheck", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert err.startswith("xfer: error in DataCheck: 2 record(s) have no decodable image"), err
+    # ImportExampleGen's copy of the file: the id names the record whatever the order
+    assert f"split train, data_tfrecord-00000-of-00001.gz record 5, id {ids[0]}: image does not decode " \
+           "(Invalid PNG" in err, err
+    assert f"record 77, id {ids[1]}" in err and "data.on_bad_image: skip" in err
+    assert "Traceback" not in err
+
+
+def test_skip_drops_counts_and_trains_on_the_rest(broken, tmp_path, cifar):
+    data, ids = broken
+    out = xfer("run", *_config(tmp_path, data, "--set", f"data.labels_file={cifar / 'labels.txt'}",
+                               "--set", "data.on_bad_image=skip", "--set", "train.augment.horizontal_flip=false",
+                               "--set", "train.batch_size=8"), "--to", "Trainer").stdout
+    assert "skipped 2 record(s) whose image does not decode" in out and ids[0] in out, out
+    assert "cached base features of 126 train and 128 eval images" in out, out
+    assert "[xfer] Trainer done" in out
+
+
+def test_curated_schema_anomaly_stops_the_run_or_warns(tmp_path, cifar):
+    schema = tmp_path / "schema.pbtxt"
+    xfer("data", "schema", "--num-classes", "5", "--out", str(schema))  # CIFAR has labels 0..9
+    config = _config(tmp_path / "root", cifar, "--set", f"data.labels_file={cifar / 'labels.txt'}",
+                     "--set", "data.splits={train: 'train/*', eval: 'test/*'}",
+                     "--set", f"data.schema_path={schema}")
+    proc = xfer("run", *config, "--to", "DataCheck", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("xfer: error in DataCheck: ExampleValidator found"), proc.stderr
+    assert "feature 'label': Out-of-range values" in proc.stderr and "data.on_anomaly: warn" in proc.stderr
+    warned = xfer("run", *config, "--set", "data.on_anomaly=warn", "--to", "DataCheck").stdout
+    assert "anomaly (data.on_anomaly: warn, continuing): split train, feature 'label'" in warned, warned
+
+
+def test_other_feature_keys_work_by_config_alone(tmp_path, cifar):
+    data = tmp_path / "renamed"
+    _copy(cifar / "train" / "cifar10_train.tfrecord", data / "train" / "a.tfrecord", keys=("image_raw", "y"))
+    _copy(cifar / "test" / "cifar10_test.tfrecord", data / "eval" / "a.tfrecord", keys=("image_raw", "y"))
+    out = xfer("run", *_config(tmp_path / "root", data, "--set", f"data.labels_file={cifar / 'labels.txt'}",
+                               "--set", "data.image_key=image_raw", "--set", "data.label_key=y")).stdout
+    assert "pushed to:" in out, out
+    pushed = out.split("pushed to: ")[1].split()[0]
+    model = tf.saved_model.load(pushed)
+    png = next(iter(tf.data.TFRecordDataset(str(data / "eval" / "a.tfrecord")).as_numpy_iterator()))
+    image = tf.train.Example.FromString(png).features.feature["image_raw"].bytes_list.value[0]
+    probs = model.signatures["serving_default"](images=tf.constant([image]))["probabilities"]
+    assert probs.shape == (1, 10)
+
+
+def test_scheduled_run_picks_the_newest_span(tmp_path, cifar):
+    data = tmp_path / "spans"
+    for split, name in (("train", "cifar10_train"), ("eval", "cifar10_test")):
+        _copy(cifar / split.replace("eval", "test") / f"{name}.tfrecord", data / "span-1" / split / "a.tfrecord")
+    config = _config(tmp_path / "root", data, "--set", f"data.labels_file={cifar / 'labels.txt'}",
+                     "--set", "data.splits={train: 'span-{SPAN}/train/*', eval: 'span-{SPAN}/eval/*'}",
+                     "--set", "train.augment.horizontal_flip=false", "--set", "train.batch_size=8")
+    first = xfer("run", *config, "--to", "Trainer").stdout
+    assert "cached base features of 128 train" in first, first
+    for split, name in (("train", "cifar10_train"), ("eval", "cifar10_test")):  # the nightly drop
+        _copy(cifar / split.replace("eval", "test") / f"{name}.tfrecord", data / "span-2" / split / "a.tfrecord",
+              limit=48)
+    second = xfer("run", *config, "--to", "Trainer").stdout
+    assert "cached base features of 48 train and 48 eval images" in second, second
+    from pipeline.summary import open_store
+    store = open_store(str(tmp_path / "root" / "metadata.sqlite"))
+    spans = {step: sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples")
+                          if f"/{step}/" in a.uri) for step in ("ImportExampleGen", "DataCheck")}
+    assert spans == {"ImportExampleGen": [1, 2], "DataCheck": [1, 2]}
