@@ -198,6 +198,34 @@ def cmd_data_schema(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from pipeline.submit import submit_kubeflow, submit_vertex
+
+    config = load_config(args.config, args.overrides)
+    cron = getattr(args, "cron", None)
+    if args.target == "kubeflow":
+        if not args.endpoint:
+            raise ConfigError("--target kubeflow needs --endpoint URL (the KFP API, e.g. https://HOST/pipeline)")
+        done = submit_kubeflow(config, args.endpoint, args.experiment, cron=cron)
+    else:
+        if not (args.project and args.region):
+            raise ConfigError("--target vertex needs --project and --region")
+        done = submit_vertex(config, args.project, args.region, service_account=args.service_account,
+                             cron=cron, api_endpoint=args.api_endpoint)
+    print(("scheduled " + done.line().removeprefix("submitted ") + f" (cron '{cron}')") if cron else done.line())
+    return 0
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", choices=["kubeflow", "vertex"], required=True)
+    p.add_argument("--endpoint", help="Kubeflow Pipelines API URL (kubeflow)")
+    p.add_argument("--experiment", default="xfer", help="KFP experiment (kubeflow; default xfer)")
+    p.add_argument("--project", help="Google Cloud project (vertex)")
+    p.add_argument("--region", help="Vertex AI region, e.g. us-central1 (vertex)")
+    p.add_argument("--service-account", help="service account the steps run as (vertex)")
+    p.add_argument("--api-endpoint", help="another Vertex AI endpoint, e.g. a private one (vertex)")
+
+
 def cmd_weights_fetch(args) -> int:
     from components.backbones import fetch_imagenet
 
@@ -271,6 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("submit", help="compile and start a run on Kubeflow Pipelines or Vertex AI",
+                       description="Compile the pipeline (as `xfer compile`) and start one run: on "
+                                   "Kubeflow Pipelines v2 (kfp.Client; the spec goes inline in the run) "
+                                   "or as a Vertex AI PipelineJob (labels, caching from the config). "
+                                   "pipeline_root must be a gs:// (object store) path.")
+    _add_config_args(p)
+    _add_target_args(p)
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("schedule", help="compile and schedule recurring runs (cron)",
+                       description="As submit, but a KFP recurring run or a Vertex AI pipeline "
+                                   "schedule, one run at a time, no catch-up.")
+    _add_config_args(p)
+    _add_target_args(p)
+    p.add_argument("--cron", required=True, help="five-field cron, e.g. '0 3 * * *' (03:00 daily)")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("data", help="bring data in: image folders to TFRecords, schemas",
                        description="Turn labelled image folders into the TFRecords the pipeline "

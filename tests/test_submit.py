@@ -1,0 +1,132 @@
+"""`xfer submit` / `xfer schedule` against a local HTTP server that speaks the few REST
+endpoints Kubeflow Pipelines (v2beta1) and Vertex AI (v1) use, and records what arrives.
+The real kfp.Client and google-cloud-aiplatform do the talking."""
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from conftest import xfer
+
+IMAGE = "registry.example/xfer:1.2.3"
+
+
+class Recorder(BaseHTTPRequestHandler):
+    calls: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method):
+        url = urlparse(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw.startswith(b"{") else raw
+        Recorder.calls.append({"method": method, "path": url.path, "query": parse_qs(url.query), "body": body})
+        path = url.path
+        if path == "/apis/v2beta1/healthz":
+            return self._reply(200, {"multi_user": False, "pipeline_store": "kubeflow"})
+        if path == "/apis/v2beta1/experiments" and method == "GET":
+            return self._reply(200, {"experiments": [], "total_size": 0})
+        if path == "/apis/v2beta1/experiments":
+            return self._reply(200, {"experiment_id": "exp-7", "display_name": body["display_name"]})
+        if path == "/apis/v2beta1/runs":
+            return self._reply(200, {"run_id": "run-42", "display_name": body["display_name"], "state": "PENDING"})
+        if path == "/apis/v2beta1/recurringruns":
+            return self._reply(200, {"recurring_run_id": "rr-3", "display_name": body["display_name"]})
+        m = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)/(pipelineJobs|schedules)", path)
+        if m and method == "POST":
+            kind = m.group(3)
+            return self._reply(200, {**body, "name": f"projects/{m.group(1)}/locations/{m.group(2)}/{kind}/xfer-1",
+                                     "state": "PIPELINE_STATE_PENDING" if kind == "pipelineJobs" else "ACTIVE"})
+        return self._reply(404, {"error": f"not served by the test server: {method} {path}"})
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+
+@pytest.fixture
+def server():
+    Recorder.calls = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", Recorder.calls
+    httpd.shutdown()
+
+
+CONFIG = ["--config", "kubeflow", "--set", f"kubeflow.image={IMAGE}",
+          "--set", "pipeline_root=gs://bucket/xfer/root", "--set", "name=xfer-nightly"]
+
+
+def _images(spec):
+    return {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
+
+
+def test_kubeflow_submit_sends_the_compiled_spec_as_a_run(server):
+    url, calls = server
+    out = xfer("submit", *CONFIG, "--target", "kubeflow", "--endpoint", url, "--experiment", "nightly").stdout
+    assert f"{url}/#/runs/details/run-42" in out, out
+    exp = next(c for c in calls if c["path"] == "/apis/v2beta1/experiments" and c["method"] == "POST")
+    assert exp["body"]["display_name"] == "nightly"
+    run = next(c for c in calls if c["path"] == "/apis/v2beta1/runs")["body"]
+    assert run["experiment_id"] == "exp-7" and run["display_name"] == "xfer-nightly"
+    spec = run["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "xfer-nightly"
+    assert _images(spec) == {IMAGE}
+    assert {"Trainer", "Evaluator", "Pusher", "DataCheck"} <= set(spec["root"]["dag"]["tasks"])
+    assert run["runtime_config"]["pipeline_root"] == "gs://bucket/xfer/root"
+
+
+def test_kubeflow_schedule_is_a_recurring_run_with_a_six_field_cron(server):
+    url, calls = server
+    out = xfer("schedule", *CONFIG, "--target", "kubeflow", "--endpoint", url, "--cron", "0 3 * * *").stdout
+    assert "recurringruns/details/rr-3" in out, out
+    rr = next(c for c in calls if c["path"] == "/apis/v2beta1/recurringruns")["body"]
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert rr["max_concurrency"] == "1" or rr["max_concurrency"] == 1
+    assert _images(rr["pipeline_spec"]) == {IMAGE}
+
+
+def test_vertex_submit_and_schedule(server):
+    url, calls = server
+    vertex = ["--target", "vertex", "--project", "my-proj", "--region", "europe-west4",
+              "--service-account", "trainer@my-proj.iam.gserviceaccount.com", "--api-endpoint", url]
+    out = xfer("submit", *CONFIG, *vertex).stdout
+    assert "projects/my-proj/locations/europe-west4/pipelineJobs/xfer-1" in out, out
+    job = next(c for c in calls if c["path"].endswith("/pipelineJobs"))
+    assert job["path"] == "/v1/projects/my-proj/locations/europe-west4/pipelineJobs"
+    body = job["body"]
+    assert body["serviceAccount"] == "trainer@my-proj.iam.gserviceaccount.com"
+    assert body["labels"] == {"app": "xfer", "pipeline": "xfer-nightly"}
+    assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/xfer/root"
+    assert _images(body["pipelineSpec"]) == {IMAGE}
+    tasks = body["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert all(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+
+    out = xfer("schedule", *CONFIG, *vertex, "--cron", "0 3 * * *").stdout
+    sched = next(c for c in calls if c["path"].endswith("/schedules"))["body"]
+    assert sched["cron"] == "0 3 * * *" and sched["maxConcurrentRunCount"] == "1"
+    assert sched["createPipelineJobRequest"]["pipelineJob"]["serviceAccount"].startswith("trainer@")
+    assert "schedules/xfer-1" in out
+
+
+def test_local_pipeline_root_is_a_config_error_before_anything_is_sent(server):
+    url, calls = server
+    proc = xfer("submit", "--config", "kubeflow", "--set", f"kubeflow.image={IMAGE}",
+                "--set", "pipeline_root=/tmp/root", "--target", "kubeflow", "--endpoint", url, check=False)
+    assert proc.returncode == 2 and "pipeline_root: '/tmp/root' is local" in proc.stderr, proc.stderr
+    assert calls == []
