@@ -200,8 +200,51 @@ class PushConfig(_Strict):
     tflite: bool = Field(False, description="Also export the same model as TFLite (model.tflite + labels.txt).")
 
 
+class ResourcesConfig(_Strict):
+    cpu: Optional[float] = Field(None, gt=0, description="vCPU limit.")
+    memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit in GB.")
+    accelerator: Optional[str] = Field(
+        None, description="e.g. NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3 (Vertex/KFP accelerator type).")
+    accelerator_count: int = Field(1, ge=1)
+
+
+class DataflowConfig(_Strict):
+    """The heavy Beam steps on Dataflow, in the project image."""
+    project: str
+    region: str
+    temp_location: str = Field(description="gs:// folder for Dataflow's temporary files.")
+    machine_type: Optional[str] = None
+    max_num_workers: Optional[int] = Field(None, ge=1)
+
+    def args(self, image: str) -> list[str]:
+        a = ["--runner=DataflowRunner", f"--project={self.project}", f"--region={self.region}",
+             f"--temp_location={self.temp_location}", f"--sdk_container_image={image}",
+             "--experiments=use_runner_v2"]
+        if self.machine_type:
+            a.append(f"--machine_type={self.machine_type}")
+        if self.max_num_workers:
+            a.append(f"--max_num_workers={self.max_num_workers}")
+        return a
+
+
+class VertexTrainingConfig(_Strict):
+    """Run the Trainer as a Vertex AI custom job (tfx.extensions.google_cloud_ai_platform)."""
+    project: str
+    region: str
+    machine_type: str = "n1-standard-8"
+    accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4")
+    accelerator_count: int = Field(1, ge=1)
+    replica_count: int = Field(1, ge=1)
+
+
 class KubeflowConfig(_Strict):
     image: Optional[str] = Field(None, description="The project's container image every step runs in.")
+    resources: dict[str, ResourcesConfig] = Field(
+        default_factory=dict, description="Per component (by name, e.g. Trainer): CPU, memory, accelerator.")
+    dataflow: Optional[DataflowConfig] = Field(
+        None, description="Run ImportExampleGen, StatisticsGen, DataCheck, Transform and Evaluator on Dataflow.")
+    vertex_training: Optional[VertexTrainingConfig] = Field(
+        None, description="Run the Trainer as a Vertex AI custom job.")
 
 
 class Config(_Strict):

@@ -100,6 +100,41 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         ])])
 
 
+BEAM_STEPS = ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator")
+
+
+def _cluster_settings(config: Config, components: list) -> None:
+    """Per-component resources and Dataflow for the Beam steps, on Kubeflow / Vertex."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    kf = config.kubeflow
+    by_id = {c.id: c for c in components}
+    for name, r in kf.resources.items():
+        if name not in by_id or name == "LatestBlessedModelResolver":
+            raise ValueError(f"kubeflow.resources: no component '{name}'; components: {', '.join(COMPONENTS)}")
+        spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
+            cpu_limit=r.cpu or 0, memory_limit=r.memory_gb or 0)
+        if r.accelerator:
+            spec.accelerator.type = r.accelerator
+            spec.accelerator.count = r.accelerator_count
+        by_id[name].with_platform_config(spec)
+    if kf.dataflow:
+        for name in BEAM_STEPS:
+            by_id[name].with_beam_pipeline_args(kf.dataflow.args(kf.image))
+
+
+def _vertex_training(config: Config) -> dict:
+    v = config.kubeflow.vertex_training
+    gcp = tfx.extensions.google_cloud_ai_platform
+    machine = {"machine_type": v.machine_type}
+    if v.accelerator_type:
+        machine.update(accelerator_type=v.accelerator_type, accelerator_count=v.accelerator_count)
+    return {gcp.ENABLE_VERTEX_KEY: True, gcp.VERTEX_REGION_KEY: v.region,
+            gcp.TRAINING_ARGS_KEY: {"project": v.project, "worker_pool_specs": [{
+                "machine_spec": machine, "replica_count": v.replica_count,
+                "container_spec": {"image_uri": config.kubeflow.image}}]}}
+
+
 def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.data_dir,
@@ -143,14 +178,18 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         disable_statistics=True,
         custom_config=_step_config(config, "transform"))
 
-    trainer = tfx.components.Trainer(
+    trainer_cls, trainer_config = tfx.components.Trainer, _step_config(config, "trainer")
+    if for_kubeflow and config.kubeflow.vertex_training:
+        trainer_cls = tfx.extensions.google_cloud_ai_platform.Trainer
+        trainer_config = {**trainer_config, **_vertex_training(config)}
+    trainer = trainer_cls(
         run_fn=RUN_FN,
         examples=examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=_step_config(config, "trainer"))
+        custom_config=trainer_config)
 
     resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -175,6 +214,8 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,
                   trainer, resolver, evaluator, pusher]
+    if for_kubeflow:
+        _cluster_settings(config, components)
     metadata = None if for_kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path)
     return tfx.dsl.Pipeline(

@@ -73,6 +73,12 @@ def compile_kubeflow(config: Config, out: str) -> str:
 
     from pipeline.pipeline import create_pipeline
 
+    remote = [k for k, v in (("root", config.root), ("data.input_base", config.data.input_base),
+                             ("push.destination", config.push.destination)) if v and "://" in v]
+    if remote and "://" not in (config.pipeline_root or ""):
+        raise ConfigError(f"pipeline_root: '{config.pipeline_root}' is local but this is a cloud config "
+                          f"({', '.join(remote)} on object storage): the steps run on other machines and "
+                          f"cannot share a local folder. Set pipeline_root to a gs:// path")
     if not config.kubeflow.image:
         raise ConfigError("kubeflow.image: not set; name the project's container image every step "
                           "runs in, e.g. --set kubeflow.image=REGISTRY/xfer:TAG")

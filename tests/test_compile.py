@@ -36,3 +36,47 @@ def test_compile_without_image_is_a_config_error(tmp_path):
     proc = xfer("compile", "--config", "kubeflow", "--set", "kubeflow.image=null",
                 "--out", str(tmp_path / "p.json"), check=False)
     assert proc.returncode == 2 and "kubeflow.image" in proc.stderr
+
+
+def test_production_settings_reach_the_compiled_spec(tmp_path):
+    out = tmp_path / "pipeline.json"
+    xfer("compile", "--config", "kubeflow", "--out", str(out), "--set", f"kubeflow.image={IMAGE}",
+         "--set", "kubeflow.resources={Trainer: {cpu: 8, memory_gb: 32, accelerator: NVIDIA_TESLA_T4, "
+                  "accelerator_count: 2}, Evaluator: {cpu: 4, memory_gb: 16}}",
+         "--set", "kubeflow.dataflow={project: p1, region: europe-west4, temp_location: gs://b/tmp, "
+                  "max_num_workers: 20}")
+    spec = json.loads(out.read_text())["pipelineSpec"]
+    ex = spec["deploymentSpec"]["executors"]
+    trainer = ex["Trainer_executor"]["container"]["resources"]
+    assert trainer["cpuLimit"] == 8 and trainer["memoryLimit"] == 32
+    assert trainer["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "2"}
+    assert ex["Evaluator_executor"]["container"]["resources"]["cpuLimit"] == 4
+    assert "resources" not in ex["Pusher_executor"]["container"]
+    for step in ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator"):
+        args = ex[f"{step}_executor"]["container"]["args"]
+        assert "--runner=DataflowRunner" in args and f"--sdk_container_image={IMAGE}" in args, step
+        assert "--project=p1" in args and "--temp_location=gs://b/tmp" in args and "--max_num_workers=20" in args
+    assert "--runner=DataflowRunner" not in ex["Trainer_executor"]["container"]["args"]
+
+
+def test_vertex_training_runs_the_trainer_as_a_custom_job(tmp_path):
+    out = tmp_path / "pipeline.json"
+    xfer("compile", "--config", "kubeflow", "--out", str(out), "--set", f"kubeflow.image={IMAGE}",
+         "--set", "kubeflow.vertex_training={project: p1, region: us-central1, accelerator_type: NVIDIA_L4}")
+    spec = json.loads(out.read_text())["pipelineSpec"]
+    args = spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]["args"]
+    assert "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor" in args
+    custom = json.loads(spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]
+                        ["runtimeValue"]["constantValue"]["stringValue"])
+    assert custom["ai_platform_enable_vertex"] is True and custom["ai_platform_vertex_region"] == "us-central1"
+    pool = custom["ai_platform_training_args"]["worker_pool_specs"][0]
+    assert pool["container_spec"]["image_uri"] == IMAGE
+    assert pool["machine_spec"]["accelerator_type"] == "NVIDIA_L4"
+    assert custom["train"]["batch_size"] == 64  # the run_fn's own config travels with it
+
+
+def test_cloud_config_with_local_pipeline_root_is_a_config_error(tmp_path):
+    proc = xfer("compile", "--config", "kubeflow", "--set", f"kubeflow.image={IMAGE}",
+                "--set", "pipeline_root=/tmp/root", "--out", str(tmp_path / "p.json"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "pipeline_root: '/tmp/root' is local but this is a cloud config" in proc.stderr
