@@ -194,10 +194,22 @@ class EvalConfig(_Strict):
         return self
 
 
+class ModelRegistryConfig(_Strict):
+    project: str
+    region: str
+    display_name: str
+    serving_container_image: str = Field(
+        description="e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-16:latest")
+    parent_model: Optional[str] = Field(None, description="Register as a new version of this model.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class PushConfig(_Strict):
     destination: Optional[str] = Field(None, description="Default: <root>/serving.")
     keep: Optional[int] = Field(None, ge=1, description="Versions to keep (oldest removed); null: all.")
     tflite: bool = Field(False, description="Also export the same model as TFLite (model.tflite + labels.txt).")
+    vertex_model_registry: Optional[ModelRegistryConfig] = Field(
+        None, description="Also register each new version in the Vertex AI Model Registry (gs:// destination).")
 
 
 class ResourcesConfig(_Strict):

@@ -209,7 +209,9 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> tfx.dsl.Pi
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push.destination)),
-        custom_config={"keep": config.push.keep},
+        custom_config={"keep": config.push.keep,
+                       "vertex_model_registry": config.push.vertex_model_registry.model_dump()
+                       if config.push.vertex_model_registry else None},
         custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,

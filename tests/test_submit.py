@@ -45,6 +45,16 @@ class Recorder(BaseHTTPRequestHandler):
             return self._reply(200, {"run_id": "run-42", "display_name": body["display_name"], "state": "PENDING"})
         if path == "/apis/v2beta1/recurringruns":
             return self._reply(200, {"recurring_run_id": "rr-3", "display_name": body["display_name"]})
+        m = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)/models:upload", path)
+        if m:
+            model = f"projects/{m.group(1)}/locations/{m.group(2)}/models/pets"
+            return self._reply(200, {"name": f"{model}/operations/1", "done": True, "response": {
+                "@type": "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse",
+                "model": model, "modelVersionId": "3"}})
+        m = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)/models/([^/@]+)(@\w+)?", path)
+        if m and method == "GET":
+            return self._reply(200, {"name": f"projects/{m.group(1)}/locations/{m.group(2)}/models/{m.group(3)}",
+                                     "displayName": "pets", "versionId": "3"})
         m = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)/(pipelineJobs|schedules)", path)
         if m and method == "POST":
             kind = m.group(3)
@@ -130,3 +140,27 @@ def test_local_pipeline_root_is_a_config_error_before_anything_is_sent(server):
                 "--set", "pipeline_root=/tmp/root", "--target", "kubeflow", "--endpoint", url, check=False)
     assert proc.returncode == 2 and "pipeline_root: '/tmp/root' is local" in proc.stderr, proc.stderr
     assert calls == []
+
+
+def test_pushed_version_registered_in_the_vertex_model_registry(server):
+    from google.auth.credentials import AnonymousCredentials
+
+    from components.model_registry import register
+    url, calls = server
+    name = register("gs://bucket/serving/3", {
+        "project": "my-proj", "region": "us-central1", "display_name": "pets",
+        "serving_container_image": "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-16:latest",
+        "parent_model": "projects/my-proj/locations/us-central1/models/pets", "labels": {"team": "vision"}},
+        credentials=AnonymousCredentials(), api_endpoint=url)
+    upload = next(c for c in calls if c["path"].endswith("/models:upload"))
+    assert upload["path"] == "/v1/projects/my-proj/locations/us-central1/models:upload"
+    body = upload["body"]
+    assert body["parentModel"] == "projects/my-proj/locations/us-central1/models/pets"
+    model = body["model"]
+    assert model["artifactUri"] == "gs://bucket/serving/3" and model["displayName"] == "pets"
+    assert model["containerSpec"]["imageUri"].endswith("tf2-cpu.2-16:latest")
+    assert model["labels"] == {"team": "vision"} and "v3" in model["versionAliases"]
+    assert name == "projects/my-proj/locations/us-central1/models/pets"
+    with pytest.raises(ValueError, match="needs push.destination on gs://"):
+        register("/local/serving/3", {"project": "p", "region": "r", "display_name": "x",
+                                      "serving_container_image": "i"})
