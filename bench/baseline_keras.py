@@ -20,7 +20,7 @@ from tensorflow.python.autograph.core import config as _autograph  # noqa: E402
 _autograph.CONVERSION_RULES = (_autograph.DoNotConvert("tf_keras"),) + tuple(_autograph.CONVERSION_RULES)
 
 SIZE, BATCH, ALPHA = 96, 32, 1.0
-PHASE1_EPOCHS, PHASE2_EPOCHS, FRACTION = 3, 3, 0.3
+PHASE1_EPOCHS, PHASE2_EPOCHS, FRACTION = 3, 5, 0.3
 LR1, LR2 = 1e-3, 1e-4
 
 

@@ -97,9 +97,11 @@ def epoch_rates(text: str) -> dict:
 
 
 def steady(rates: list[float]) -> float:
-    """Mean images/s over a phase's epochs after the first (which pays for tracing)."""
-    rest = rates[1:] or rates
-    return sum(rest) / len(rest)
+    """Median images/s over a phase's epochs after the first (which pays for tracing):
+    epochs on this shared 2-core machine vary by +-15%, and a median shrugs off one slow one."""
+    rest = sorted(rates[1:] or rates)
+    mid = len(rest) // 2
+    return rest[mid] if len(rest) % 2 else (rest[mid - 1] + rest[mid]) / 2
 
 
 def component_windows(w: Watched) -> dict:
@@ -170,7 +172,7 @@ def main() -> None:
     rows = [
         ("end-to-end wall time, `xfer run` cold / baseline script", cold.seconds / base.seconds,
          "<= 1.5", "<= 1.2", f"{cold.seconds:.1f} s / {base.seconds:.1f} s"),
-        ("Trainer images/s, phase 2 / baseline, same phase (epochs after the first)",
+        ("Trainer images/s, phase 2 / baseline, same phase (median of the epochs after the first)",
          steady(pipe_rates["fine-tune"]) / steady(base_rates["fine-tune"]), ">= 0.9", ">= 1.0",
          f"{steady(pipe_rates['fine-tune']):.1f} / {steady(base_rates['fine-tune']):.1f} images/s"),
         ("phase 1 wall time, cached features / images (10 epochs, no augmentation)",
@@ -208,7 +210,7 @@ def main() -> None:
         f"{os.cpu_count()} cores, no GPU; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.",
         "Data: 2,000 real digit scans (scikit-learn), 96 px RGB JPEG, 1,603 train / 397 eval. Model: "
         "MobileNetV2 (alpha 1.0, weights none), global average pooling, softmax head; batch 32; "
-        "phase 1 three epochs at 1e-3, phase 2 three epochs at 1e-4 with the top 30% of the base "
+        "phase 1 three epochs at 1e-3, phase 2 five epochs at 1e-4 with the top 30% of the base "
         "unfrozen (BatchNorm frozen). Both sides use TF 2.16 with tf_keras.",
         "",
         *table,

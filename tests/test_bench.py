@@ -17,6 +17,7 @@ def test_epoch_rates_per_phase_from_both_sides():
     rates = epoch_rates(text)
     assert rates == {"transfer": [3221.3], "fine-tune": [218.2, 292.5, 304.6]}
     assert steady([218.2, 292.5, 304.6]) == (292.5 + 304.6) / 2
+    assert steady([100.0, 300.0, 200.0, 900.0]) == 300.0  # median: one odd epoch does not decide
     assert steady([5.0]) == 5.0
 
 
