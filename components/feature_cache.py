@@ -22,10 +22,17 @@ def wanted(setting: str, augments: bool) -> bool:
     return setting == "on" or (setting == "auto" and not augments)
 
 
-def extract(features_model: tf.keras.Model, images: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def extractor(features_model: tf.keras.Model):
+    """One traced function for every split and batch size: tracing MobileNetV2 costs
+    seconds, and a function per split and per last partial batch traced it four times."""
+    shape = [None, *features_model.input_shape[1:]]
+    return tf.function(lambda x: features_model(x, training=False),
+                       input_signature=[tf.TensorSpec(shape, tf.float32)])
+
+
+def extract(predict, images: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels for every (image, label) batch, in the dataset's order."""
     feats, labels = [], []
-    predict = tf.function(lambda x: features_model(x, training=False))
     for x, y in images:
         feats.append(predict(x).numpy())
         labels.append(y.numpy())

@@ -125,8 +125,9 @@ def _train_and_export(fn_args):
             start = time.perf_counter()
             with chosen.strategy.scope():
                 features_model, head = model_lib.split_at_pool(classifier)
-            train_x, train_y = feature_cache.extract(features_model, images(fn_args.train_files, False))
-            eval_x, eval_y = feature_cache.extract(features_model, images(fn_args.eval_files, False))
+            predict = feature_cache.extractor(features_model)
+            train_x, train_y = feature_cache.extract(predict, images(fn_args.train_files, False))
+            eval_x, eval_y = feature_cache.extract(predict, images(fn_args.eval_files, False))
             if feature_cache.fits(train_x, eval_x):
                 common = dict(batch_size=batch, seed=seed, shuffle_buffer=train["shuffle_buffer"])
                 train_ds = feature_cache.dataset(train_x, train_y, training=True, repeat=steps is not None,
