@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import component_windows, epoch_rates, steady  # noqa: E402
+from bench.run import component_windows, epoch_rates, final_val_accuracy, steady  # noqa: E402
 
 
 def test_epoch_rates_per_phase_from_both_sides():
@@ -26,3 +26,13 @@ def test_component_windows_from_progress_lines():
         lines = [(0.0, "[xfer] Transform running ..."), (1.5, "[xfer] transfer done: 3 epochs in 7.0s"),
                  (2.0, "[xfer] Transform done (2.0s)"), (2.1, "[xfer] Trainer running ...")]
     assert component_windows(W()) == {"Transform": (0.0, 2.0)}
+
+
+def test_final_val_accuracy_is_the_last_epochs():
+    text = "\n".join([
+        "[xfer] transfer epoch 1: accuracy=0.5 loss=1.0 val_accuracy=0.6000 val_loss=0.9 300.0 images/s (1.0s)",
+        "[xfer] fine-tune epoch 2: accuracy=0.7 loss=0.8 val_accuracy=0.7500 val_loss=0.7 280.0 images/s (1.1s)",
+        "[xfer] fine-tune done: 1 epochs in 1.1s",
+    ])
+    assert final_val_accuracy(text) == 0.75
+    assert final_val_accuracy("no epochs") != final_val_accuracy("no epochs")  # NaN: nothing to report
