@@ -96,7 +96,9 @@ def write_all(model: tf.keras.Model, eval_ds: tf.data.Dataset, history: dict, na
               folder: str) -> dict:
     """All three PNGs from a pass over the eval split; returns {name: path}."""
     images, labels, predicted = [], [], []
-    predict = tf.function(lambda x: model(x, training=False))
+    # One trace for every batch size (the last batch is smaller).
+    spec = tf.TensorSpec([None, *eval_ds.element_spec[0].shape[1:]], eval_ds.element_spec[0].dtype)
+    predict = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     for x, y in eval_ds:
         p = predict(x).numpy().argmax(-1)
         labels.append(y.numpy())

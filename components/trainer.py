@@ -173,12 +173,15 @@ def _train_and_export(fn_args):
         print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
               f"{time.perf_counter() - phase_start:.1f}s", flush=True)
 
+    start = time.perf_counter()
     _export(fn_args, cfg, classifier, tft_output, names, history)
+    print(f"[xfer] exported the SavedModel in {time.perf_counter() - start:.1f}s", flush=True)
     if train["reports"]:
+        start = time.perf_counter()
         paths = reports.write_all(classifier, images(fn_args.eval_files, False), history, names,
                                   fn_args.model_run_dir)
-        print(f"[xfer] reports: {', '.join(sorted(paths.values()))}; TensorBoard: {logs_dir}",
-              flush=True)
+        print(f"[xfer] reports in {time.perf_counter() - start:.1f}s: {', '.join(sorted(paths.values()))}; "
+              f"TensorBoard: {logs_dir}", flush=True)
     resume.clear(backup_root)
 
 

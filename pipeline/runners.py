@@ -40,7 +40,7 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
               to_nodes: Optional[list[str]] = None) -> RunSummary:
     """Run the DAG locally. With from_nodes/to_nodes, a partial run: only the nodes
     between them execute, the rest of their inputs come from the latest run in MLMD."""
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.pipeline import RunOptions
 
     from pipeline.pipeline import COMPONENTS, create_pipeline
@@ -61,7 +61,7 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
         # A partial run exists to re-execute its nodes (e.g. after editing trainer code).
         config = config.model_copy(update={"enable_cache": False})
     start = time.perf_counter()
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config), run_options=run_options)
+    LocalDagRunner().run(create_pipeline(config), run_options=run_options)
     summary = summarize(config.metadata_path, config.name)
     summary.seconds = time.perf_counter() - start
     return summary
