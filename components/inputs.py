@@ -36,6 +36,11 @@ def read_records(patterns: list[str]) -> tf.data.Dataset:
         cycle_length=min(len(files), 4), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
+def count_records(patterns: list[str]) -> int:
+    """Examples in the matching files (one read, no parsing)."""
+    return int(read_records(patterns).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
 def order(ds: tf.data.Dataset, *, training: bool, seed: int, shuffle_buffer: int,
           repeat: bool, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
     """Shuffle (training only), repeat and batch: the same for images and cached features."""

@@ -24,21 +24,21 @@ from components import (augment, export, feature_cache, inputs, labels, model as
 class EpochLog(tf.keras.callbacks.Callback):
     """One line per epoch: phase, epoch, metrics, images/s."""
 
-    def __init__(self, phase: str, batch_size: int, steps_per_execution: int = 1):
+    def __init__(self, phase: str, batch_size: int):
         super().__init__()
-        self.phase, self.batch_size, self.spe = phase, batch_size, steps_per_execution
+        self.phase, self.batch_size = phase, batch_size
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._steps = time.perf_counter(), 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
+        # With steps_per_execution > 1 Keras calls this once per execution, with the
+        # index of the execution's last step.
+        self._steps = batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._start
-        # With steps_per_execution > 1 Keras calls batch hooks once per execution.
-        steps = self._steps * self.spe
-        rate = steps * self.batch_size / seconds if seconds else 0.0
+        rate = self._steps * self.batch_size / seconds if seconds else 0.0
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
         print(f"[xfer] {self.phase} epoch {epoch + 1}: {metrics} {rate:.1f} images/s "
               f"({seconds:.1f}s)", flush=True)
@@ -90,6 +90,16 @@ def _train_and_export(fn_args):
     spe = train["steps_per_execution"]
     on_tpu = chosen.kind == "tpu"
     augmenter = augment.build_augmenter(train["augment"], seed)
+    val_steps = None
+    if spe > 1:
+        # Keras runs `spe` steps per call and must know how many an epoch has, for eval
+        # too; a TFRecord dataset does not say, so count the examples once.
+        n_train, n_eval = inputs.count_records(fn_args.train_files), inputs.count_records(fn_args.eval_files)
+        if steps is None:
+            steps = max(1, n_train // batch)  # training drops the last partial batch
+        val_steps = max(1, n_eval // batch if on_tpu else -(-n_eval // batch))
+        print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples, "
+              f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
 
     def images(files, training):
         # TPUs need static shapes everywhere, eval included.
@@ -106,7 +116,7 @@ def _train_and_export(fn_args):
         cbs = backup.callbacks() + _early_stopping(train[phase]["early_stopping"])
         if train["reports"]:
             cbs.append(tf.keras.callbacks.TensorBoard(logs_dir, profile_batch=0, write_graph=False))
-        return cbs + [EpochLog(phase.replace("_", "-"), batch, spe)]
+        return cbs + [EpochLog(phase.replace("_", "-"), batch)]
 
     history = {}
     transfer = train["transfer"]
@@ -147,7 +157,8 @@ def _train_and_export(fn_args):
         with chosen.strategy.scope():
             model_lib.compile_for(fit_model, transfer["optimizer"], transfer["learning_rate"], spe)
         h = fit_model.fit(train_ds, validation_data=eval_ds, epochs=transfer["epochs"],
-                          steps_per_epoch=steps, verbose=0, callbacks=callbacks("transfer", phase1))
+                          steps_per_epoch=steps, validation_steps=val_steps, verbose=0,
+                          callbacks=callbacks("transfer", phase1))
         history["transfer"] = phase1.history(h.history)
         phase1.mark_done(classifier)
         print(f"[xfer] transfer done: {_epochs_run(history['transfer'])} epochs in "
@@ -168,7 +179,7 @@ def _train_and_export(fn_args):
         h = classifier.fit(images(fn_args.train_files, True),
                            validation_data=images(fn_args.eval_files, False),
                            initial_epoch=epoch, epochs=epoch + fine["epochs"], steps_per_epoch=steps,
-                           verbose=0, callbacks=callbacks("fine_tune", phase2))
+                           validation_steps=val_steps, verbose=0, callbacks=callbacks("fine_tune", phase2))
         history["fine_tune"] = phase2.history(h.history)
         print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
               f"{time.perf_counter() - phase_start:.1f}s", flush=True)

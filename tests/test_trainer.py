@@ -149,6 +149,32 @@ def test_confusion_matrix_counts():
     assert m.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
+@pytest.mark.integration
+def test_steps_per_execution_trains_every_batch_and_validates_on_every_eval_example(data, tmp_path, capsys):
+    """Keras cannot size a TFRecord dataset, and with steps_per_execution > 1 it must:
+    the Trainer counts the examples. 96 train / 16 = 6 steps an epoch, 64 eval = 4 eval steps."""
+    from components.trainer import run_fn
+    args = fn_args(data, tmp_path, trainer_config(
+        data, steps_per_execution=4, transfer={"epochs": 2, "learning_rate": 0.01},
+        fine_tune={"enabled": True, "epochs": 2, "learning_rate": 1e-3, "fraction": 0.1}))
+    run_fn(args)
+    out = capsys.readouterr().out
+    assert "steps_per_execution 4: 96 train / 64 eval examples, 6 steps an epoch, 4 eval steps" in out, out
+    assert "fine-tune epoch 4:" in out and "fine-tune epoch 5:" not in out, out
+    history = json.load(open(os.path.join(args.model_run_dir, "history.json")))["history"]
+    assert len(history["transfer"]["loss"]) == 2 and len(history["fine_tune"]["loss"]) == 2
+    # The last validation ran on all 64 eval images with the exported weights.
+    model = tf.keras.models.load_model(args.serving_model_dir, compile=False)
+    tft_output = tft.TFTransformOutput(data["transform"])
+    correct = total = 0
+    for x, y in inputs.make_dataset(data["eval"], tft_output, batch_size=64, training=False, seed=0,
+                                    drop_remainder=False):
+        correct += int((np.argmax(model(x).numpy(), axis=1) == y.numpy()).sum())
+        total += int(y.shape[0])
+    assert total == 64
+    assert history["fine_tune"]["val_accuracy"][-1] == pytest.approx(correct / total, abs=1e-6)
+
+
 def _job(spec_path, *extra):
     return subprocess.Popen([sys.executable, str(HERE / "trainer_job.py"), str(spec_path), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
