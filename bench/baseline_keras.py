@@ -4,7 +4,9 @@ head, then the top of the base unfrozen with BatchNorm frozen, at a lower learni
 rate), evaluates and saves. The same model, data, sizes, batch and epochs as
 bench/bench.yaml; written independently of components/ on purpose.
 
-usage: python baseline_keras.py DATA_DIR OUT_DIR
+usage: python baseline_keras.py DATA_DIR OUT_DIR [TRANSFER_EPOCHS FINE_TUNE_EPOCHS]
+(the epoch counts default to bench/bench.yaml's; bench/run.py changes them only for its
+alternated phase-2 throughput runs)
 """
 import os
 import sys
@@ -91,4 +93,6 @@ def main(data, out):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5:
+        PHASE1_EPOCHS, PHASE2_EPOCHS = int(sys.argv[3]), int(sys.argv[4])
     main(sys.argv[1], sys.argv[2])
