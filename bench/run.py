@@ -7,8 +7,9 @@ Steps, in order, on the same data (bench/make_data.py) and the same model:
   2. `xfer run` on a fresh root (cold cache), wall time, peak memory of the process
      tree, per-component wall and CPU use, images/s per phase;
   3. `xfer run` twice more, unchanged: the third run is all cache hits;
-  4. phase 1 alone, 10 epochs, on cached features and on images (bench/phase1.py);
-  5. phase 2 throughput: the baseline script and the Trainer's run_fn (bench/phase2.py),
+  4. phase 1 alone, 10 epochs, on cached features and on images (the Trainer's run_fn
+     alone: bench/trainer_alone.py);
+  5. phase 2 throughput: the baseline script and the Trainer's run_fn (trainer_alone.py),
      alternated, ROUNDS times each, FINE_TUNE_EPOCHS epochs a run, so drift of this
      shared machine falls on both sides alike; the ratio is of the medians of all
      epochs after each run's first;
@@ -170,21 +171,27 @@ def main() -> None:
     cached_runs = [second.seconds, third.seconds]
     all_cached = third.text.count(" cached") >= 7 and " ran" not in third.text.split("run ", 1)[-1].split("eval")[0]
 
+    sets = [c for c in config if c not in ("--config", "--set")]
+
+    def trainer_alone(out: Path, *overrides: str) -> Watched:
+        return Watched([PY, str(REPO / "bench" / "trainer_alone.py"), str(root / "pipeline_root"), str(out),
+                        *sets, *overrides]).run()
+
     print("[bench] phase 1, 10 epochs, cached features vs images ...", flush=True)
-    p1 = {mode: Watched([PY, str(REPO / "bench" / "phase1.py"), str(root / "pipeline_root"), mode,
-                         str(work / "phase1" / mode), *[c for c in config if c not in ("--config", "--set")]]).run()
+    p1 = {mode: trainer_alone(work / "phase1" / mode, "train.transfer.epochs=10",
+                              f"train.transfer.cache_features={mode}", "train.fine_tune.enabled=false",
+                              "train.reports=false", "train.resume=false")
           for mode in ("on", "off")}
 
     print(f"[bench] phase 2 throughput, baseline and Trainer alternated, {ROUNDS} rounds ...", flush=True)
     p2: dict = {"baseline": [], "xfer": [], "xfer_spe": []}
-    sets = [c for c in config if c not in ("--config", "--set")]
+    # Phase 1 is one epoch on cached features, so each run gets to phase 2 quickly.
+    phase2 = ["train.transfer.epochs=1", f"train.fine_tune.epochs={FINE_TUNE_EPOCHS}"]
     for i in range(ROUNDS):
         p2["baseline"].append(Watched([PY, str(REPO / "bench" / "baseline_keras.py"), str(data),
                                        str(work / "phase2" / f"baseline{i}"), "1", str(FINE_TUNE_EPOCHS)]).run())
         for side, extra in (("xfer", []), ("xfer_spe", [f"train.steps_per_execution={SPE}"])):
-            p2[side].append(Watched([PY, str(REPO / "bench" / "phase2.py"), str(root / "pipeline_root"),
-                                     str(FINE_TUNE_EPOCHS), str(work / "phase2" / f"{side}{i}"),
-                                     *sets, *extra]).run())
+            p2[side].append(trainer_alone(work / "phase2" / f"{side}{i}", *phase2, *extra))
     # Every epoch after each run's first (which pays for tracing), pooled per side.
     p2_rates = {side: [r for w in runs for r in epoch_rates(w.text)["fine-tune"][1:]] for side, runs in p2.items()}
 
