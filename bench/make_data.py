@@ -32,7 +32,7 @@ def images():
 
 
 def write(out: str) -> str:
-    import components  # noqa: F401
+    import xfer.components  # noqa: F401
     import tensorflow as tf
 
     if os.path.exists(os.path.join(out, "labels.txt")):

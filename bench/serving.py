@@ -6,11 +6,11 @@ usage: python serving.py MODEL_DIR EVAL_TFRECORDS_GLOB   (prints two images/s fi
 import sys
 import time
 
-import components  # noqa: F401
+import xfer.components  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from components.transform import decode_images
+from xfer.components.transform import decode_images
 
 BATCH, PASSES = 32, 3
 

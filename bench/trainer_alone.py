@@ -8,11 +8,11 @@ usage: python trainer_alone.py PIPELINE_ROOT OUT_DIR CONFIG [KEY=VALUE ...]
 import glob
 import sys
 
-import components  # noqa: F401
+import xfer.components  # noqa: F401
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from components.trainer import run_fn
-from pipeline.config import load_config, to_absolute
+from xfer.components.trainer import run_fn
+from xfer.pipeline.config import load_config, to_absolute
 
 if __name__ == "__main__":
     root, out, config = sys.argv[1:4]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.transform import IMAGE
+from xfer.components.transform import IMAGE
 
 SERVING_EXAMPLES = "serving_examples"
 TRANSFORM_FEATURES = "transform_features"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from components import inputs
+from xfer.components import inputs
 
 # from_tensor_slices embeds the arrays in the graph, which is capped at 2 GB.
 MAX_BYTES = 1_500_000_000

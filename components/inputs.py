@@ -16,7 +16,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.transform import IMAGE, LABEL
+from xfer.components.transform import IMAGE, LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -6,7 +6,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.transform import LABEL_VOCABULARY
+from xfer.components.transform import LABEL_VOCABULARY
 
 
 def read_labels_file(path: str) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components import backbones
+from xfer.components import backbones
 
 OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,

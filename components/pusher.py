@@ -112,7 +112,7 @@ class Executor(tfx_pusher.Executor):
         pushed.set_int_custom_property("new_version", int(new))
         registry = custom.get("vertex_model_registry")
         if registry and new:
-            from components.model_registry import register
+            from xfer.components.model_registry import register
             name = register(version_dir, registry)
             logging.info("Registered %s in the Vertex AI Model Registry as %s.", version_dir, name)
             pushed.set_string_custom_property("vertex_model", name)

@@ -17,7 +17,7 @@ import time
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import (augment, export, feature_cache, inputs, labels, model as model_lib,
+from xfer.components import (augment, export, feature_cache, inputs, labels, model as model_lib,
                         reports, resume, strategy as strategy_lib)
 
 

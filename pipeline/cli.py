@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 
-from pipeline.config import ConfigError, load_config, shipped_configs
+from xfer.pipeline.config import ConfigError, load_config, shipped_configs
 
 DESCRIPTION = """\
 xfer: a TFX pipeline that trains image classifiers by transfer learning and
@@ -67,8 +67,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipeline.runners import run_local
-    from pipeline.summary import format_summary
+    from xfer.pipeline.runners import run_local
+    from xfer.pipeline.summary import format_summary
 
     config = load_config(args.config, args.overrides)
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def _save_report(config, run_id: str, text: str) -> str:
     """Keep the run's summary and blessing report beside its runs (root/reports/RUN/)."""
     import tensorflow as tf
 
-    from pipeline.config import to_absolute
+    from xfer.pipeline.config import to_absolute
     folder = os.path.join(to_absolute(config).root, "reports", run_id.replace(":", "-"))
     tf.io.gfile.makedirs(folder)
     path = os.path.join(folder, "blessing.txt")
@@ -102,7 +102,7 @@ def _save_report(config, run_id: str, text: str) -> str:
 
 
 def cmd_compile(args) -> int:
-    from pipeline.runners import compile_kubeflow
+    from xfer.pipeline.runners import compile_kubeflow
 
     config = load_config(args.config, args.overrides)
     out = compile_kubeflow(config, args.out)
@@ -119,8 +119,8 @@ class StepFailed(Exception):
 
 def _failed_component(config):
     """The component that failed in the latest run, from the metadata store, if any."""
-    from pipeline.config import to_absolute
-    from pipeline.summary import summarize
+    from xfer.pipeline.config import to_absolute
+    from xfer.pipeline.summary import summarize
     try:
         states = summarize(to_absolute(config).metadata_path, config.name).states
     except Exception:  # noqa: BLE001 - no store yet: the failure came before any step
@@ -129,7 +129,7 @@ def _failed_component(config):
 
 
 def _store(config):
-    from pipeline.config import to_absolute
+    from xfer.pipeline.config import to_absolute
     config = to_absolute(config)
     if not os.path.exists(config.metadata_path):
         raise ConfigError(f"no runs yet: {config.metadata_path} does not exist; `xfer run` first")
@@ -137,15 +137,15 @@ def _store(config):
 
 
 def cmd_runs(args) -> int:
-    from pipeline.show import format_runs
+    from xfer.pipeline.show import format_runs
 
     print(format_runs(*_store(load_config(args.config, args.overrides)), last=args.last))
     return 0
 
 
 def cmd_show(args) -> int:
-    from pipeline.show import format_show
-    from pipeline.summary import open_store, pipeline_runs
+    from xfer.pipeline.show import format_show
+    from xfer.pipeline.summary import open_store, pipeline_runs
 
     config = load_config(args.config, args.overrides)
     db, name = _store(config)
@@ -160,7 +160,7 @@ def cmd_show(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
-    from pipeline.predict import predict
+    from xfer.pipeline.predict import predict
 
     results = predict(args.model_dir, args.images, top_k=args.top_k)
     if args.json:
@@ -172,7 +172,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_import_folder(args) -> int:
-    from components.folder_import import Progress, import_folder, summary
+    from xfer.pipeline.data.import_folder import Progress, import_folder, summary
 
     ratios = {k: v for k, v in (("train", args.train), ("eval", args.eval), ("test", args.test)) if v}
     total = sum(ratios.values())
@@ -189,8 +189,8 @@ def cmd_import_folder(args) -> int:
 
 
 def cmd_data_schema(args) -> int:
-    from components.labels import read_labels_file
-    from components.schema import write_schema
+    from xfer.components.labels import read_labels_file
+    from xfer.pipeline.data.schema import write_schema
 
     n = args.num_classes or len(read_labels_file(args.labels))
     print(f"wrote {write_schema(args.out, n, args.image_key, args.label_key)}: "
@@ -199,7 +199,7 @@ def cmd_data_schema(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from pipeline.submit import submit_kubeflow, submit_vertex
+    from xfer.pipeline.submit import submit_kubeflow, submit_vertex
 
     config = load_config(args.config, args.overrides)
     cron = getattr(args, "cron", None)
@@ -227,7 +227,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_weights_fetch(args) -> int:
-    from components.backbones import fetch_imagenet
+    from xfer.components.backbones import fetch_imagenet
 
     for name in args.backbone:
         for size in args.image_size:
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "cache ($KERAS_HOME or ~/.keras), so runs with weights: imagenet "
                                     "need no network. MobileNetV2's file depends on image size "
                                     "and alpha.")
-    from pipeline.config import MIN_IMAGE_SIZE
+    from xfer.pipeline.config import MIN_IMAGE_SIZE
     w.add_argument("--backbone", action="append", required=True, choices=sorted(MIN_IMAGE_SIZE),
                    help="backbone name (repeatable)")
     w.add_argument("--image-size", type=int, action="append", default=None,

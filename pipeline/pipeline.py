@@ -21,12 +21,12 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 from tfx.types import Channel, standard_artifacts
 
-from components import pusher as versioned_pusher
-from components.data_check import DataCheck
-from pipeline.config import Config
+from xfer.components import pusher as versioned_pusher
+from xfer.components.data_check import DataCheck
+from xfer.pipeline.config import Config
 
-TRANSFORM_FN = "components.transform.preprocessing_fn"
-RUN_FN = "components.trainer.run_fn"
+TRANSFORM_FN = "xfer.components.transform.preprocessing_fn"
+RUN_FN = "xfer.components.trainer.run_fn"
 
 # Node ids, in DAG order; the CLI and tests refer to components by these names.
 COMPONENTS = [
@@ -39,7 +39,7 @@ def code_fingerprint() -> str:
     """A hash of the step code. Steps reference code by import path, which TFX does
     not fingerprint (it does for module_file), so without this an edited trainer
     would be served from cache."""
-    import components
+    from xfer import components
 
     digest = hashlib.sha256()
     for path in sorted(Path(components.__file__).parent.glob("*.py")):
@@ -71,8 +71,8 @@ def eval_config(config: Config) -> tfma.EvalConfig:
     """TFMA: accuracy, top-k accuracy and loss, overall and per true class; the
     configured thresholds judge the overall slice only (a class with a handful of
     eval images must not decide the blessing on its own)."""
-    from components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES
-    from components.transform import LABEL
+    from xfer.components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES
+    from xfer.components.transform import LABEL
 
     ev = config.eval
     threshold = tfma.MetricThreshold()

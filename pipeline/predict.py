@@ -29,7 +29,7 @@ def resolve_model_dir(path: str) -> str:
     """A SavedModel folder, or a push destination (then its latest complete version)."""
     import tensorflow as tf
 
-    from components.pusher import latest_version_dir
+    from xfer.components.pusher import latest_version_dir
 
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path

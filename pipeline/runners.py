@@ -5,14 +5,14 @@ import os
 import time
 from typing import Optional
 
-from pipeline.config import Config, ConfigError, to_absolute
-from pipeline.summary import RunSummary, summarize
+from xfer.pipeline.config import Config, ConfigError, to_absolute
+from xfer.pipeline.summary import RunSummary, summarize
 
 
 def prepare_data(config: Config) -> None:
     """Make the embedded dataset's TFRecords at first use; check a user's folder exists."""
     if config.data.builtin == "digits":
-        from components.builtin_data import ensure_digits
+        from xfer.pipeline.data.digits import ensure_digits
         ensure_digits(config.data_dir)
         return
     import tensorflow as tf
@@ -28,7 +28,7 @@ def check_weights(config: Config) -> None:
     download fills the cache the local Trainer reads.)"""
     if config.model.weights != "imagenet":
         return
-    from components.backbones import WeightsUnavailable, build_base
+    from xfer.components.backbones import WeightsUnavailable, build_base
     m = config.model
     try:
         build_base(m.backbone, m.image_size, "imagenet", m.alpha)
@@ -43,7 +43,7 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.pipeline import RunOptions
 
-    from pipeline.pipeline import COMPONENTS, create_pipeline
+    from xfer.pipeline.pipeline import COMPONENTS, create_pipeline
 
     for node in (from_nodes or []) + (to_nodes or []):
         if node not in COMPONENTS:
@@ -71,7 +71,7 @@ def compile_kubeflow(config: Config, out: str) -> str:
     """Write the KFP v2 pipeline spec (PipelineJob JSON) for Kubeflow Pipelines / Vertex."""
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from xfer.pipeline.pipeline import create_pipeline
 
     remote = [k for k, v in (("root", config.root), ("data.input_base", config.data.input_base),
                              ("push.destination", config.push.destination)) if v and "://" in v]

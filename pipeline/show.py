@@ -6,7 +6,7 @@ import os
 from datetime import datetime
 from typing import Optional
 
-from pipeline.summary import (_node_of, _outputs, open_store, pipeline_runs, read_blessing,
+from xfer.pipeline.summary import (_node_of, _outputs, open_store, pipeline_runs, read_blessing,
                               summarize)
 
 

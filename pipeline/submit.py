@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from pipeline.config import Config, ConfigError
+from xfer.pipeline.config import Config, ConfigError
 
 
 @dataclass
@@ -37,7 +37,7 @@ def kfp_cron(cron: str) -> str:
 
 
 def _compiled(config: Config) -> tuple[dict, str]:
-    from pipeline.runners import compile_kubeflow
+    from xfer.pipeline.runners import compile_kubeflow
 
     if "://" not in (config.pipeline_root or "") or config.pipeline_root.startswith("file://"):
         raise ConfigError(f"pipeline_root: '{config.pipeline_root}' is local; a cluster's steps cannot "

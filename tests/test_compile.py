@@ -5,7 +5,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from conftest import xfer
-from pipeline.pipeline import COMPONENTS
+from xfer.pipeline.pipeline import COMPONENTS
 
 IMAGE = "registry.example.com/team/xfer:1.2.3"
 
@@ -29,7 +29,7 @@ def test_compile_kubeflow_parses_as_pipeline_job_with_configured_image(tmp_path)
     assert any(t.startswith("LatestBlessedModelResolver") for t in tasks)
     # Step code goes by import path; no step pip-installs a module file at run time.
     text = json.dumps(json.loads(out.read_text()))
-    assert "components.trainer.run_fn" in text and "module_file" not in text.replace('"module_file": null', "")
+    assert "xfer.components.trainer.run_fn" in text and "module_file" not in text.replace('"module_file": null', "")
 
 
 def test_compile_without_image_is_a_config_error(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, xfer
-from pipeline.config import ConfigError, load_config, shipped_configs, validate
+from xfer.pipeline.config import ConfigError, load_config, shipped_configs, validate
 
 
 def test_shipped_configs_validate():

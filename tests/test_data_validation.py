@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-import components  # noqa: F401
+import xfer.components  # noqa: F401
 import tensorflow as tf
 
 from conftest import CONFIGS, xfer
@@ -117,7 +117,7 @@ def test_scheduled_run_picks_the_newest_span(tmp_path, cifar):
               limit=48)
     second = xfer("run", *config, "--to", "Trainer").stdout
     assert "cached base features of 48 train and 48 eval images" in second, second
-    from pipeline.summary import open_store
+    from xfer.pipeline.summary import open_store
     store = open_store(str(tmp_path / "root" / "metadata.sqlite"))
     spans = {step: sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples")
                           if f"/{step}/" in a.uri) for step in ("ImportExampleGen", "DataCheck")}

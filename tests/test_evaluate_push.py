@@ -47,7 +47,7 @@ def test_worse_model_fails_the_change_threshold_and_pushes_nothing(runs):
     cand, base = [float(x) for x in row.split(")")[1].split()[:2]]
     assert base - cand > 0.1  # both values named, the drop beyond max_drop
     assert "sparse_categorical_accuracy change" in out
-    from components.pusher import complete_versions
+    from xfer.components.pusher import complete_versions
     assert complete_versions(str(runs["root"] / "serving")) == [1, 2]  # v2 comes from run 3
 
 
@@ -60,7 +60,7 @@ def test_as_good_a_model_is_blessed_and_pushed_as_version_2(runs):
 def test_rerun_with_cached_trainer_creates_no_new_version(runs):
     out = xfer("run", *runs["config"], "--set", "data.num_classes=10").stdout
     assert "no new version; this model is already version 2" in out, out
-    from components.pusher import complete_versions
+    from xfer.components.pusher import complete_versions
     assert complete_versions(str(runs["root"] / "serving")) == [1, 2]
 
 
@@ -105,7 +105,7 @@ def test_predict_on_png_and_jpeg_matches_the_saved_model(runs, tmp_path):
 def test_tflite_export_matches_the_saved_model(runs):
     import tensorflow as tf
 
-    from components.transform import decode_images
+    from xfer.components.transform import decode_images
 
     version = runs["root"] / "serving" / "2"
     tflite = version / "assets.extra" / "model.tflite"

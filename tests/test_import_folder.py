@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import components  # noqa: F401
+import xfer.components  # noqa: F401
 import tensorflow as tf
 
-from components.folder_import import import_folder
-from components.transform import decode_image
+from xfer.pipeline.data.import_folder import import_folder
+from xfer.components.transform import decode_image
 from conftest import xfer
 
 NON_UTF8 = b"caf\xe9.png"

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-import components  # noqa: F401
+import xfer.components  # noqa: F401
 import tensorflow as tf
 
-from components import backbones
-from components.model import build_model, freeze_base, unfreeze_top
-from pipeline.config import MIN_IMAGE_SIZE, ConfigError, load_config
+from xfer.components import backbones
+from xfer.components.model import build_model, freeze_base, unfreeze_top
+from xfer.pipeline.config import MIN_IMAGE_SIZE, ConfigError, load_config
 
 
 def head(**kw):

@@ -35,7 +35,7 @@ def runs(tmp_path_factory, cifar):
 
 
 def summaries(root):
-    from pipeline.summary import pipeline_runs, open_store, summarize
+    from xfer.pipeline.summary import pipeline_runs, open_store, summarize
     db = str(root / "metadata.sqlite")
     ids = [r.name for r in pipeline_runs(open_store(db), "xfer-cifar-test")]
     return [summarize(db, "xfer-cifar-test", run_id) for run_id in ids]

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-import components  # noqa: F401
-from components import pusher
+import xfer.components  # noqa: F401
+from xfer.components import pusher
 from tfx.utils import io_utils
 
 

@@ -145,7 +145,7 @@ def test_local_pipeline_root_is_a_config_error_before_anything_is_sent(server):
 def test_pushed_version_registered_in_the_vertex_model_registry(server):
     from google.auth.credentials import AnonymousCredentials
 
-    from components.model_registry import register
+    from xfer.components.model_registry import register
     url, calls = server
     name = register("gs://bucket/serving/3", {
         "project": "my-proj", "region": "us-central1", "display_name": "pets",

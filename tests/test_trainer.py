@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import components  # noqa: F401
+import xfer.components  # noqa: F401
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from components import augment, inputs, reports, strategy
-from components.builtin_data import digits_pngs
-from components.transform import preprocessing_fn
-from pipeline.config import ConfigError, validate
+from xfer.components import augment, inputs, reports, strategy
+from xfer.pipeline.data.digits import digits_pngs
+from xfer.components.transform import preprocessing_fn
+from xfer.pipeline.config import ConfigError, validate
 
 HERE = Path(__file__).parent
 SIZE = 32
@@ -90,7 +90,7 @@ def head_weights(serving_dir):
 
 @pytest.mark.integration
 def test_cached_and_uncached_phase1_give_the_same_head(data, tmp_path, capsys):
-    from components.trainer import run_fn
+    from xfer.components.trainer import run_fn
     # SGD: Adam divides by the root of tiny second moments, amplifying float rounding
     # (features computed in other batch sizes) to ~1e-4 in a few steps; SGD shows the
     # two paths take the same steps on the same batches.
@@ -111,7 +111,7 @@ def test_cached_and_uncached_phase1_give_the_same_head(data, tmp_path, capsys):
 
 
 def test_cache_features_on_off_from_the_command_line():
-    from pipeline.config import load_config
+    from xfer.pipeline.config import load_config
     assert load_config("demo", ["train.transfer.cache_features=on"]).train.transfer.cache_features == "on"
     assert load_config("demo", ["train.transfer.cache_features=off"]).train.transfer.cache_features == "off"
 
@@ -123,7 +123,7 @@ def test_cache_on_with_augmentation_is_a_config_error(data):
 
 @pytest.mark.integration
 def test_early_stopping_ends_phase1_and_phase2_continues_its_timeline(data, tmp_path, capsys):
-    from components.trainer import run_fn
+    from xfer.components.trainer import run_fn
     stop = {"monitor": "val_loss", "patience": 0, "min_delta": 100.0}
     args = fn_args(data, tmp_path, trainer_config(
         data, reports=True,
@@ -153,7 +153,7 @@ def test_confusion_matrix_counts():
 def test_steps_per_execution_trains_every_batch_and_validates_on_every_eval_example(data, tmp_path, capsys):
     """Keras cannot size a TFRecord dataset, and with steps_per_execution > 1 it must:
     the Trainer counts the examples. 96 train / 16 = 6 steps an epoch, 64 eval = 4 eval steps."""
-    from components.trainer import run_fn
+    from xfer.components.trainer import run_fn
     args = fn_args(data, tmp_path, trainer_config(
         data, steps_per_execution=4, transfer={"epochs": 2, "learning_rate": 0.01},
         fine_tune={"enabled": True, "epochs": 2, "learning_rate": 1e-3, "fraction": 0.1}))
@@ -247,7 +247,7 @@ def _encoded(fmt, mode="RGB", size=(45, 30)):
 
 @pytest.mark.integration
 def test_serving_on_raw_bytes_equals_keras_on_transformed_tensor(data, tmp_path):
-    from components.trainer import run_fn
+    from xfer.components.trainer import run_fn
     args = fn_args(data, tmp_path, trainer_config(data, transfer={"epochs": 1, "learning_rate": 0.01}))
     run_fn(args)
     raw = [_encoded("JPEG"), _encoded("PNG", "L", (20, 50)), _encoded("PNG", "RGBA"),
@@ -330,7 +330,7 @@ def test_auto_decisions():
 
 
 def test_mixed_bfloat16_keeps_the_output_float32_and_trains():
-    from components.model import build_model, compile_for
+    from xfer.components.model import build_model, compile_for
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model, _ = build_model({"backbone": "mobilenet_v2", "weights": "none", "alpha": 0.35,
@@ -354,6 +354,6 @@ def test_offline_imagenet_names_the_fetch_command(tmp_path, monkeypatch):
         pytest.skip("storage.googleapis.com is reachable here: weights would download")
     except OSError:
         pass
-    from components.backbones import WeightsUnavailable, build_base
+    from xfer.components.backbones import WeightsUnavailable, build_base
     with pytest.raises(WeightsUnavailable, match=r"xfer weights fetch --backbone vgg16"):
         build_base("vgg16", 32, "imagenet")

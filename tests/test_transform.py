@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import components  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
+import xfer.components  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
 import tensorflow as tf
 
-from components.transform import decode_images, preprocessing_fn
+from xfer.components.transform import decode_images, preprocessing_fn
 
 
 def encode(mode, fmt, size=(20, 12), color=None):

@@ -6,7 +6,7 @@ usage: python trainer_job.py FN_ARGS.json [--logical-cpus N]
 import json
 import sys
 
-import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
@@ -16,5 +16,5 @@ if __name__ == "__main__":
         n = int(sys.argv[sys.argv.index("--logical-cpus") + 1])
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    from components.trainer import run_fn
+    from xfer.components.trainer import run_fn
     run_fn(FnArgs(**spec))

@@ -39,7 +39,7 @@ def test_compiled_pipeline_runs_in_the_image_and_pushes_a_servable_model(tmp_pat
     why = _docker_ready()
     if why:
         pytest.skip(why)
-    import components  # noqa: F401
+    import xfer.components  # noqa: F401
     import tensorflow as tf
 
     root = tmp_path / "pipeline_root"

@@ -279,7 +279,7 @@ def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: 
     with open(os.path.join(out, "labels.txt"), "w") as f:
         f.write("".join(f"{c}\n" for c in classes))
     if len(classes) >= 2:
-        from components.schema import write_schema
+        from xfer.pipeline.data.schema import write_schema
         write_schema(os.path.join(out, "schema.pbtxt"), num_classes=len(classes))
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest.__dict__, f, indent=1, sort_keys=True)

@@ -2,17 +2,12 @@
 concrete for one dataset: the label domain [0, num_classes) and the feature keys."""
 from __future__ import annotations
 
-from pathlib import Path
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "schemas" / "image_classification.pbtxt"
 
 
 def _template_text() -> str:
-    try:
-        from importlib.resources import files
-        return files("schemas").joinpath("image_classification.pbtxt").read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        return TEMPLATE.read_text()
+    from importlib.resources import files
+    return files("xfer.schemas").joinpath("image_classification.pbtxt").read_text()
 
 
 def make_schema(num_classes: int, image_key: str = "image", label_key: str = "label"):
