@@ -35,6 +35,9 @@ def write(out: str) -> str:
     import xfer.components  # noqa: F401
     import tensorflow as tf
 
+    from xfer.components.labels import write_labels_file
+    from xfer.pipeline.data.records import image_example
+
     if os.path.exists(os.path.join(out, "labels.txt")):
         return out
     writers = {}
@@ -43,13 +46,10 @@ def write(out: str) -> str:
         writers[split] = tf.io.TFRecordWriter(os.path.join(out, split, "data.tfrecord.gz"), options="GZIP")
     for example_id, jpeg, label in images():
         split = "eval" if int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 5 == 0 else "train"
-        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
-                   "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
-        writers[split].write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        writers[split].write(image_example(jpeg, label))
     for w in writers.values():
         w.close()
-    with open(os.path.join(out, "labels.txt"), "w") as f:
-        f.write("".join(f"{d}\n" for d in range(10)))
+    write_labels_file(os.path.join(out, "labels.txt"), [str(d) for d in range(10)])
     return out
 
 

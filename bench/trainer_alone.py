@@ -8,17 +8,18 @@ usage: python trainer_alone.py PIPELINE_ROOT OUT_DIR CONFIG [KEY=VALUE ...]
 import glob
 import sys
 
-import xfer.components  # noqa: F401
+import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from xfer.components.trainer import run_fn
-from xfer.pipeline.config import load_config, to_absolute
+from xfer.pipeline.config import load_config
 
 if __name__ == "__main__":
     root, out, config = sys.argv[1:4]
-    cfg = to_absolute(load_config(config, sys.argv[4:]))
+    cfg = load_config(config, sys.argv[4:])
     examples = sorted(glob.glob(f"{root}/ImportExampleGen/examples/*"))[-1]
     graph = sorted(glob.glob(f"{root}/Transform/transform_graph/*"))[-1]
+    settings = cfg.trainer_settings(code_fingerprint="bench")
     run_fn(FnArgs(train_files=[f"{examples}/Split-train/*"], eval_files=[f"{examples}/Split-eval/*"],
                   transform_graph_path=graph, serving_model_dir=f"{out}/serving",
-                  model_run_dir=f"{out}/run", custom_config=cfg.step_config("trainer")))
+                  model_run_dir=f"{out}/run", custom_config=settings.model_dump(mode="json")))

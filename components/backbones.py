@@ -1,4 +1,5 @@
-"""Registry of ImageNet backbones from tf.keras.applications.
+"""ImageNet backbones from tf.keras.applications, built from the registry in
+components/settings.py (names, Keras classes, normalization kinds, minimum sizes).
 
 Each backbone owns its input normalization, as a layer inside the model: Transform
 hands every backbone the same float32 RGB image in [0, 255], and serving cannot
@@ -7,10 +8,10 @@ normalize differently from training.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
 
 import tensorflow as tf
+
+from xfer.components.settings import BACKBONES, Backbone
 
 
 @tf.keras.utils.register_keras_serializable(package="xfer")
@@ -24,50 +25,10 @@ class CaffeNormalization(tf.keras.layers.Layer):
         return bgr - tf.constant(self.MEAN_BGR, dtype=inputs.dtype)
 
 
-def _mobilenet_normalization() -> tf.keras.layers.Layer:
-    # MobileNetV2 expects [-1, 1].
-    return tf.keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")
-
-
-@dataclass(frozen=True)
-class Backbone:
-    name: str
-    min_size: int
-    build: Callable[..., tf.keras.Model]
-    normalization: Callable[[], tf.keras.layers.Layer]
-
-
-def _vgg16(input_shape, weights, alpha):
-    return tf.keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
-
-
-def _mobilenet_v2(input_shape, weights, alpha):
-    return tf.keras.applications.MobileNetV2(
-        include_top=False, weights=weights, input_shape=input_shape, alpha=alpha)
-
-
-def _resnet50(input_shape, weights, alpha):
-    return tf.keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
-
-
-def _efficientnet_b0(input_shape, weights, alpha):
-    return tf.keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=input_shape)
-
-
-def _identity_normalization() -> tf.keras.layers.Layer:
-    # EfficientNet rescales and normalizes inside its own graph; it takes [0, 255].
-    return tf.keras.layers.Identity(name="normalize")
-
-
-def _caffe_normalization() -> tf.keras.layers.Layer:
-    return CaffeNormalization(name="normalize")
-
-
-BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("vgg16", 32, _vgg16, _caffe_normalization),
-    "mobilenet_v2": Backbone("mobilenet_v2", 32, _mobilenet_v2, _mobilenet_normalization),
-    "resnet50": Backbone("resnet50", 32, _resnet50, _caffe_normalization),
-    "efficientnet_b0": Backbone("efficientnet_b0", 32, _efficientnet_b0, _identity_normalization),
+_NORMALIZATIONS = {
+    "caffe": lambda: CaffeNormalization(name="normalize"),
+    "tf": lambda: tf.keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize"),
+    "none": lambda: tf.keras.layers.Identity(name="normalize"),
 }
 
 
@@ -78,23 +39,34 @@ def get(name: str) -> Backbone:
         raise ValueError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}") from None
 
 
+def normalization(name: str) -> tf.keras.layers.Layer:
+    """The backbone's input normalization, as the model's first layer ("normalize")."""
+    return _NORMALIZATIONS[get(name).normalization]()
+
+
+def _build(name: str, shape, weights, alpha: float) -> tf.keras.Model:
+    spec = get(name)
+    width = {"alpha": alpha} if spec.takes_alpha else {}
+    return getattr(tf.keras.applications, spec.keras_class)(
+        include_top=False, weights=weights, input_shape=shape, **width)
+
+
 def build_base(name: str, image_size: int, weights: str, alpha: float = 1.0) -> tf.keras.Model:
     """The convolutional base, without its ImageNet top, with the requested weights.
 
     `weights` is 'imagenet', 'none' (random init) or a path (local or gs://) to a
     weights file saved from the same architecture.
     """
-    spec = get(name)
     shape = (image_size, image_size, 3)
     if weights == "none":
-        return spec.build(shape, None, alpha)
+        return _build(name, shape, None, alpha)
     if weights == "imagenet":
-        return _with_imagenet(spec, shape, alpha)
+        return _with_imagenet(name, shape, alpha)
     if not tf.io.gfile.exists(weights):
         raise FileNotFoundError(
             f"model.weights: weights file '{weights}' does not exist; give a path to a Keras "
             f"weights file for {name}, or 'imagenet', or 'none'")
-    base = spec.build(shape, None, alpha)
+    base = _build(name, shape, None, alpha)
     local = weights
     if "://" in weights:
         # Keras loads only local files; copy a gs:// file next to the run first.
@@ -108,20 +80,21 @@ class WeightsUnavailable(FileNotFoundError):
     """ImageNet weights neither cached nor downloadable."""
 
 
-def _with_imagenet(spec: Backbone, shape, alpha: float) -> tf.keras.Model:
+def _with_imagenet(name: str, shape, alpha: float) -> tf.keras.Model:
     """The base with ImageNet weights from the Keras cache, downloaded into it if missing.
     Offline with no cached file, a clear error naming the fix, before any training."""
     try:
-        return spec.build(shape, "imagenet", alpha)
+        return _build(name, shape, "imagenet", alpha)
     except Exception as e:  # noqa: BLE001 - Keras raises a bare Exception on fetch failure
         if "URL fetch failure" not in str(e) and not isinstance(e, OSError):
             raise
-        size = "" if spec.name != "mobilenet_v2" else f" --image-size {shape[0]} --alpha {alpha}"
+        # The weights file of a width-multiplied network depends on its size and width.
+        size = f" --image-size {shape[0]} --alpha {alpha}" if get(name).takes_alpha else ""
         raise WeightsUnavailable(
-            f"model.weights: imagenet weights for {spec.name} are not in the Keras cache "
+            f"model.weights: imagenet weights for {name} are not in the Keras cache "
             f"({keras_cache_dir()}/models) and could not be downloaded ({e}). Fill the cache "
-            f"where there is network with `xfer weights fetch --backbone {spec.name}{size}` "
-            f"(the Docker image can bake them in with --build-arg BAKE_WEIGHTS={spec.name}), "
+            f"where there is network with `xfer weights fetch --backbone {name}{size}` "
+            f"(the Docker image can bake them in with --build-arg BAKE_WEIGHTS={name}), "
             f"or set model.weights to a weights file or to none") from None
 
 
@@ -132,6 +105,5 @@ def keras_cache_dir() -> str:
 def fetch_imagenet(name: str, image_size: int = 224, alpha: float = 1.0) -> str:
     """Download a backbone's ImageNet weights into the Keras cache (for air-gapped runs
     and the Docker image); returns the cache folder."""
-    spec = get(name)
-    _with_imagenet(spec, (image_size, image_size, 3), alpha)
+    _with_imagenet(name, (image_size, image_size, 3), alpha)
     return os.path.join(keras_cache_dir(), "models")

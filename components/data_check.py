@@ -26,11 +26,13 @@ class DataCheckFailed(ValueError):
     """Bad data and a config that says stop; the message names the fix."""
 
 
-def anomaly_lines(anomalies_uri: str) -> list[str]:
+def read_anomalies(anomalies_uri: str) -> dict:
+    """ExampleValidator's findings: {split: {feature: AnomalyInfo}}, splits and features
+    sorted; a split without anomalies maps to {}."""
     import tensorflow as tf
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-    lines = []
+    found = {}
     for split_dir in sorted(tf.io.gfile.listdir(anomalies_uri)):
         path = os.path.join(anomalies_uri, split_dir.rstrip("/"), "SchemaDiff.pb")
         if not tf.io.gfile.exists(path):
@@ -38,9 +40,14 @@ def anomaly_lines(anomalies_uri: str) -> list[str]:
         anomalies = anomalies_pb2.Anomalies()
         anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
         split = split_dir.rstrip("/").removeprefix("Split-")
-        for feature, info in sorted(anomalies.anomaly_info.items()):
-            lines.append(f"split {split}, feature '{feature}': {info.short_description} ({info.description})")
-    return lines
+        found[split] = dict(sorted(anomalies.anomaly_info.items()))
+    return found
+
+
+def anomaly_lines(anomalies_uri: str) -> list[str]:
+    return [f"split {split}, feature '{feature}': {info.short_description} ({info.description})"
+            for split, by_feature in read_anomalies(anomalies_uri).items()
+            for feature, info in by_feature.items()]
 
 
 class _Check(beam.DoFn):

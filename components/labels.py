@@ -43,3 +43,10 @@ def class_names(tft_output: Optional[tft.TFTransformOutput], labels_file: Option
             f"data.num_classes is {num_classes} but the labels ({labels_file or 'vocabulary'}) "
             f"name {len(names)} classes; make them agree or drop data.num_classes")
     return names
+
+
+def write_labels_file(path: str, names) -> str:
+    """labels.txt as read_labels_file reads it: line i names label i."""
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("".join(f"{n}\n" for n in names))
+    return path

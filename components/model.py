@@ -4,6 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from xfer.components import backbones
+from xfer.components.settings import HeadConfig, ModelConfig
 
 OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
@@ -12,20 +13,19 @@ OPTIMIZERS = {
 }
 
 
-def build_model(model_cfg: dict, num_classes: int) -> tuple[tf.keras.Model, tf.keras.Model]:
+def build_model(m: ModelConfig, num_classes: int) -> tuple[tf.keras.Model, tf.keras.Model]:
     """(classifier, base). The base is always called with training=False, so its
     BatchNorm layers stay in inference mode in both phases."""
-    size = model_cfg["image_size"]
-    spec = backbones.get(model_cfg["backbone"])
-    base = backbones.build_base(spec.name, size, model_cfg["weights"], model_cfg["alpha"])
+    size = m.image_size
+    base = backbones.build_base(m.backbone, size, m.weights, m.alpha)
     base.trainable = False
 
     inputs = tf.keras.Input(shape=(size, size, 3), name="image", dtype=tf.float32)
-    x = spec.normalization()(inputs)
+    x = backbones.normalization(m.backbone)(inputs)
     x = base(x, training=False)
-    x = _pooling(model_cfg["head"]["pooling"])(x)
-    outputs = apply_head(_head_layers(model_cfg["head"], num_classes), x)
-    return tf.keras.Model(inputs, outputs, name=f"xfer_{spec.name}"), base
+    x = _pooling(m.head.pooling)(x)
+    outputs = apply_head(_head_layers(m.head, num_classes), x)
+    return tf.keras.Model(inputs, outputs, name=f"xfer_{m.backbone}"), base
 
 
 def _pooling(kind: str) -> tf.keras.layers.Layer:
@@ -36,14 +36,14 @@ def _pooling(kind: str) -> tf.keras.layers.Layer:
     return tf.keras.layers.Flatten(name="pool")
 
 
-def _head_layers(head: dict, num_classes: int) -> list[tf.keras.layers.Layer]:
+def _head_layers(head: HeadConfig, num_classes: int) -> list[tf.keras.layers.Layer]:
     layers = []
-    for i, units in enumerate(head["dense"]):
-        layers.append(tf.keras.layers.Dense(units, activation=head["activation"], name=f"head_dense_{i}"))
-        if head["dropout"]:
-            layers.append(tf.keras.layers.Dropout(head["dropout"], name=f"head_dropout_{i}"))
-    if head["dropout"] and not head["dense"]:
-        layers.append(tf.keras.layers.Dropout(head["dropout"], name="head_dropout"))
+    for i, units in enumerate(head.dense):
+        layers.append(tf.keras.layers.Dense(units, activation=head.activation, name=f"head_dense_{i}"))
+        if head.dropout:
+            layers.append(tf.keras.layers.Dropout(head.dropout, name=f"head_dropout_{i}"))
+    if head.dropout and not head.dense:
+        layers.append(tf.keras.layers.Dropout(head.dropout, name="head_dropout"))
     # float32 output, so a mixed-precision policy never yields float16 probabilities.
     layers.append(tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                         name="probabilities"))

@@ -9,7 +9,10 @@ whose Trainer came from cache pushes the same model again. Here:
   a local filesystem); on object stores (gs://), where there is no rename, a
   `_XFER_COMPLETE` marker is written last and readers (`xfer predict`) require it;
 - a blessed model that is already the latest version creates no new version;
-- `push.keep` bounds how many versions stay (oldest removed first).
+- `push.keep` bounds how many versions stay (oldest removed first);
+- with `push.tflite`, the version also holds `assets.extra/model.tflite`, written
+  before the version becomes visible. It is made here, not in the Trainer, so turning
+  it on exports the model already trained instead of training a new one.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from tfx.components.pusher import executor as tfx_pusher
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
+
+from xfer.components.settings import PusherSettings
 
 COMPLETE_MARKER = "_XFER_COMPLETE"
 SOURCE_FILE = "xfer_source.json"
@@ -46,33 +51,36 @@ def latest_version_dir(base: str) -> Optional[str]:
     return os.path.join(base, str(versions[-1])) if versions else None
 
 
-def _source_of(version_dir: str) -> Optional[str]:
+def _source_of(version_dir: str) -> Optional[dict]:
     path = os.path.join(version_dir, SOURCE_FILE)
     if not tf.io.gfile.exists(path):
         return None
-    return json.loads(tf.io.gfile.GFile(path).read()).get("model_uri")
+    source = json.loads(tf.io.gfile.GFile(path).read())
+    return {"model_uri": source.get("model_uri"), "tflite": bool(source.get("tflite"))}
 
 
-def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]) -> tuple[str, bool]:
-    """Copy the SavedModel at `model_path` to the next version under `base`.
+def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int],
+                 tflite: bool = False) -> tuple[str, bool]:
+    """Copy the SavedModel at `model_path` to the next version under `base`, with a
+    TFLite export of it if asked.
 
     Returns (version dir, whether a new version was written)."""
+    source = {"model_uri": model_uri, "tflite": tflite}
     versions = complete_versions(base)
     if versions:
         latest = os.path.join(base, str(versions[-1]))
-        if _source_of(latest) == model_uri:
+        # The same model asking for another export is a new version: a version never changes.
+        if _source_of(latest) == source:
             return latest, False
     version = (versions[-1] + 1) if versions else 1
     final = os.path.join(base, str(version))
     tf.io.gfile.makedirs(base)
     if "://" in base:
         # No atomic rename on object stores: copy in place, then the marker, last.
-        io_utils.copy_dir(model_path, final)
-        _write_markers(final, model_uri)
+        _write_version(model_path, final, source)
     else:
         staging = os.path.join(base, f".staging-{version}-{uuid.uuid4().hex[:8]}")
-        io_utils.copy_dir(model_path, staging)
-        _write_markers(staging, model_uri)
+        _write_version(model_path, staging, source)
         os.rename(staging, final)  # readers see no version or the whole version
     if keep:
         for old in versions[: max(0, len(versions) + 1 - keep)]:
@@ -80,11 +88,30 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
     return final, True
 
 
-def _write_markers(version_dir: str, model_uri: str) -> None:
+def _write_version(model_path: str, version_dir: str, source: dict) -> None:
+    """Everything a version holds, the complete marker last."""
+    io_utils.copy_dir(model_path, version_dir)
+    if source["tflite"]:
+        write_tflite(model_path, version_dir)
     with tf.io.gfile.GFile(os.path.join(version_dir, SOURCE_FILE), "w") as f:
-        json.dump({"model_uri": model_uri}, f)
+        json.dump(source, f)
     with tf.io.gfile.GFile(os.path.join(version_dir, COMPLETE_MARKER), "w") as f:
         f.write("")
+
+
+def write_tflite(model_path: str, version_dir: str) -> str:
+    """assets.extra/model.tflite in `version_dir`, from the Keras model saved at
+    `model_path` (beside the labels.txt the Trainer wrote there)."""
+    # Here, not at the top: a push without TFLite needs neither Keras nor the transform
+    # code. backbones registers CaffeNormalization, which Keras needs to revive VGG and
+    # ResNet models; keras_setup keeps AutoGraph out of tf_keras while tracing.
+    from xfer.components import backbones, export, keras_setup  # noqa: F401
+
+    model = tf.keras.models.load_model(model_path, compile=False)
+    path = os.path.join(version_dir, "assets.extra", export.TFLITE_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    export.write_tflite(model, path)
+    return path
 
 
 class Executor(tfx_pusher.Executor):
@@ -99,10 +126,10 @@ class Executor(tfx_pusher.Executor):
             return
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
-        custom = json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
+        s = PusherSettings.model_validate_json(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         version_dir, new = push_version(self.GetModelPath(input_dict), model.uri,
-                                        destination.filesystem.base_directory, custom.get("keep"))
+                                        destination.filesystem.base_directory, s.keep, tflite=s.tflite)
         if new:
             logging.info("Model pushed as new version %s.", version_dir)
         else:
@@ -110,9 +137,8 @@ class Executor(tfx_pusher.Executor):
         self._MarkPushed(pushed, pushed_destination=version_dir,
                          pushed_version=os.path.basename(version_dir))
         pushed.set_int_custom_property("new_version", int(new))
-        registry = custom.get("vertex_model_registry")
-        if registry and new:
+        if s.vertex_model_registry and new:
             from xfer.components.model_registry import register
-            name = register(version_dir, registry)
+            name = register(version_dir, s.vertex_model_registry)
             logging.info("Registered %s in the Vertex AI Model Registry as %s.", version_dir, name)
             pushed.set_string_custom_property("vertex_model", name)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, get_args
 
 import tensorflow as tf
 
-KINDS = ("auto", "tpu", "multi_worker", "mirrored", "default")
+from xfer.components.settings import StrategyKind
 
 
 @dataclass
@@ -57,10 +57,10 @@ def _find_tpu(tpu: Optional[str], resolver_factory: Callable) -> Optional[object
     return resolver if (tpu or master) else None
 
 
-def decide(kind: str, *, tpu_found: bool, workers: int, gpus: int) -> str:
+def decide(kind: StrategyKind, *, tpu_found: bool, workers: int, gpus: int) -> str:
     """Which strategy `train.strategy: kind` means on this machine."""
-    if kind not in KINDS:
-        raise ValueError(f"train.strategy: '{kind}' is not one of {', '.join(KINDS)}")
+    if kind not in get_args(StrategyKind):
+        raise ValueError(f"train.strategy: '{kind}' is not one of {', '.join(get_args(StrategyKind))}")
     if kind != "auto":
         return kind
     if tpu_found:
@@ -72,7 +72,7 @@ def decide(kind: str, *, tpu_found: bool, workers: int, gpus: int) -> str:
     return "default"
 
 
-def choose(kind: str, *, tpu: Optional[str] = None, devices: Optional[list[str]] = None,
+def choose(kind: StrategyKind, *, tpu: Optional[str] = None, devices: Optional[list[str]] = None,
            env: Optional[dict] = None,
            resolver_factory: Optional[Callable] = None,
            connect: Optional[Callable] = None,

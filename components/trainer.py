@@ -13,12 +13,15 @@ import gc
 import json
 import os
 import time
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from xfer.components import (augment, export, feature_cache, inputs, labels, model as model_lib,
-                        reports, resume, strategy as strategy_lib)
+from xfer.components import (augment, export, feature_cache, inputs, keras_setup, labels,  # noqa: F401
+                             model as model_lib, reports, resume, strategy as strategy_lib)
+from xfer.components.settings import EarlyStoppingConfig, FineTuneConfig, TrainConfig, TrainerSettings, TransferConfig
 
 
 class EpochLog(tf.keras.callbacks.Callback):
@@ -44,177 +47,219 @@ class EpochLog(tf.keras.callbacks.Callback):
               f"({seconds:.1f}s)", flush=True)
 
 
-def _early_stopping(cfg) -> list:
-    if not cfg:
-        return []
-    return [tf.keras.callbacks.EarlyStopping(
-        monitor=cfg["monitor"], patience=cfg["patience"], min_delta=cfg["min_delta"],
-        restore_best_weights=cfg["restore_best_weights"])]
-
-
-def _epochs_run(history: dict) -> int:
-    return len(next(iter(history.values()), []))
-
-
 def run_fn(fn_args):
+    s = TrainerSettings.model_validate(fn_args.custom_config)
     # A local run trains in the orchestrator's process, whose heap holds TFX, Beam and
     # the earlier steps' objects; freezing them keeps the collector from re-scanning
     # them during every epoch.
     gc.collect()
     gc.freeze()
     try:
-        _train_and_export(fn_args)
+        _train_and_export(fn_args, s)
     finally:
         gc.unfreeze()
         # A local run trains in the orchestrator's process: leave no global policy behind.
         tf.keras.mixed_precision.set_global_policy("float32")
 
 
-def _train_and_export(fn_args):
-    cfg = fn_args.custom_config
-    train, data = cfg["train"], cfg["data"]
-    tf.keras.utils.set_random_seed(train["seed"])
-
-    chosen = strategy_lib.choose(train["strategy"], tpu=train["tpu"], devices=train["devices"])
-    policy = strategy_lib.precision_policy(train["mixed_precision"], chosen.kind)
-    tf.keras.mixed_precision.set_global_policy(policy)
-    print(f"[xfer] strategy: {chosen.kind} ({chosen.why}), {chosen.replicas} replica(s), "
-          f"precision {policy}", flush=True)
-
+def _train_and_export(fn_args, s: TrainerSettings) -> None:
+    t = s.train
+    tf.keras.utils.set_random_seed(t.seed)
+    chosen = _choose_strategy(t)
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    names = labels.class_names(tft_output, cfg.get("labels_file"), data["num_classes"])
+    names = labels.class_names(tft_output, s.labels_file, s.num_classes)
     with chosen.strategy.scope():
-        classifier, base = model_lib.build_model(cfg["model"], len(names))
-
-    batch, steps, seed = train["batch_size"], train["steps_per_epoch"], train["seed"]
-    spe = train["steps_per_execution"]
-    on_tpu = chosen.kind == "tpu"
-    augmenter = augment.build_augmenter(train["augment"], seed)
-    val_steps = None
-    if spe > 1:
-        # Keras runs `spe` steps per call and must know how many an epoch has, for eval
-        # too; a TFRecord dataset does not say, so count the examples once.
-        n_train, n_eval = inputs.count_records(fn_args.train_files), inputs.count_records(fn_args.eval_files)
-        if steps is None:
-            steps = max(1, n_train // batch)  # training drops the last partial batch
-        val_steps = max(1, n_eval // batch if on_tpu else -(-n_eval // batch))
-        print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples, "
-              f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
-
-    def images(files, training):
-        # TPUs need static shapes everywhere, eval included.
-        return inputs.make_dataset(
-            files, tft_output, batch_size=batch, training=training, seed=seed,
-            shuffle_buffer=train["shuffle_buffer"], augmenter=augmenter if training else None,
-            repeat=training and steps is not None, drop_remainder=training or on_tpu)
-
-    backup_root = resume.backup_dir(fn_args) if train["resume"] else None
-    logs_dir = os.path.join(fn_args.model_run_dir, "logs")
-
-    def callbacks(phase, backup):
-        # Backup and journal first: when the epoch line shows, the epoch is saved.
-        cbs = backup.callbacks() + _early_stopping(train[phase]["early_stopping"])
-        if train["reports"]:
-            cbs.append(tf.keras.callbacks.TensorBoard(logs_dir, profile_batch=0, write_graph=False))
-        return cbs + [EpochLog(phase.replace("_", "-"), batch)]
-
+        classifier, base = model_lib.build_model(s.model, len(names))
+    run = Run.prepare(fn_args, t, chosen, tft_output)
     history = {}
-    transfer = train["transfer"]
-    phase1 = resume.Phase(backup_root, "transfer")
-    if transfer["epochs"] and phase1.done():
+
+    # Phase 1, transfer: the base frozen, only the head learns.
+    phase1 = resume.Phase(run.backup_root, "transfer")
+    if t.transfer.epochs and phase1.done():
         phase1.restore(classifier)
         history["transfer"] = phase1.history({})
         print(f"[xfer] transfer: resumed: phase 1 finished before the interruption "
               f"({_epochs_run(history['transfer'])} epochs), weights restored", flush=True)
-    elif transfer["epochs"]:
-        phase_start = time.perf_counter()
+    elif t.transfer.epochs:
+        start = time.perf_counter()
         model_lib.freeze_base(base)
-        cached = feature_cache.wanted(transfer["cache_features"], augmenter is not None)
-        fit_model, train_ds, eval_ds = classifier, None, None
-        if cached:
-            start = time.perf_counter()
-            with chosen.strategy.scope():
-                features_model, head = model_lib.split_at_pool(classifier)
-            predict = feature_cache.extractor(features_model)
-            train_x, train_y = feature_cache.extract(predict, images(fn_args.train_files, False))
-            eval_x, eval_y = feature_cache.extract(predict, images(fn_args.eval_files, False))
-            if feature_cache.fits(train_x, eval_x):
-                common = dict(batch_size=batch, seed=seed, shuffle_buffer=train["shuffle_buffer"])
-                train_ds = feature_cache.dataset(train_x, train_y, training=True, repeat=steps is not None,
-                                                 drop_remainder=True, **common)
-                eval_ds = feature_cache.dataset(eval_x, eval_y, training=False, repeat=False,
-                                                drop_remainder=on_tpu, **common)
-                fit_model = head
-                print(f"[xfer] transfer: cached base features of {len(train_y)} train and "
-                      f"{len(eval_y)} eval images ({train_x.shape[1:]}, "
-                      f"{(train_x.nbytes + eval_x.nbytes) / 1e6:.1f} MB) in "
-                      f"{time.perf_counter() - start:.1f}s", flush=True)
-            else:
-                print("[xfer] transfer: features too large to cache in memory; training on images",
-                      flush=True)
-        if train_ds is None:
-            train_ds, eval_ds = images(fn_args.train_files, True), images(fn_args.eval_files, False)
-        with chosen.strategy.scope():
-            model_lib.compile_for(fit_model, transfer["optimizer"], transfer["learning_rate"], spe)
-        h = fit_model.fit(train_ds, validation_data=eval_ds, epochs=transfer["epochs"],
-                          steps_per_epoch=steps, validation_steps=val_steps, verbose=0,
-                          callbacks=callbacks("transfer", phase1))
-        history["transfer"] = phase1.history(h.history)
+        fit_model, train_ds, eval_ds = _phase1_inputs(run, classifier)
+        history["transfer"] = run_phase(run, "transfer", t.transfer, phase1, fit_model, train_ds, eval_ds)
         phase1.mark_done(classifier)
         print(f"[xfer] transfer done: {_epochs_run(history['transfer'])} epochs in "
-              f"{time.perf_counter() - phase_start:.1f}s "
+              f"{time.perf_counter() - start:.1f}s "
               f"({'on cached features' if fit_model is not classifier else 'on images'})", flush=True)
 
-    fine = train["fine_tune"]
-    if fine["enabled"] and fine["epochs"]:
-        phase_start = time.perf_counter()
-        epoch = _epochs_run(history.get("transfer", {}))
+    # Phase 2, fine-tune: the top of the base unfrozen, its epochs numbered after phase 1's.
+    if t.fine_tune.enabled and t.fine_tune.epochs:
+        start = time.perf_counter()
         with chosen.strategy.scope():
-            unfrozen = model_lib.unfreeze_top(base, fine["from_layer"], fine["fraction"])
-            model_lib.compile_for(classifier, fine["optimizer"], fine["learning_rate"], spe)
+            unfrozen = model_lib.unfreeze_top(base, t.fine_tune.from_layer, t.fine_tune.fraction)
         print(f"[xfer] fine-tune: unfrozen {len(unfrozen)} base layers "
               f"({unfrozen[0]} .. {unfrozen[-1]})" if unfrozen else "[xfer] fine-tune: nothing unfrozen",
               flush=True)
-        phase2 = resume.Phase(backup_root, "fine_tune")
-        h = classifier.fit(images(fn_args.train_files, True),
-                           validation_data=images(fn_args.eval_files, False),
-                           initial_epoch=epoch, epochs=epoch + fine["epochs"], steps_per_epoch=steps,
-                           validation_steps=val_steps, verbose=0, callbacks=callbacks("fine_tune", phase2))
-        history["fine_tune"] = phase2.history(h.history)
+        history["fine_tune"] = run_phase(
+            run, "fine_tune", t.fine_tune, resume.Phase(run.backup_root, "fine_tune"), classifier,
+            run.images("train", training=True), run.images("eval", training=False),
+            initial_epoch=_epochs_run(history.get("transfer", {})))
         print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
-              f"{time.perf_counter() - phase_start:.1f}s", flush=True)
+              f"{time.perf_counter() - start:.1f}s", flush=True)
 
+    _export(fn_args, s, classifier, tft_output, names, history)
+    if t.reports:
+        _reports(run, classifier, history, names)
+    resume.clear(run.backup_root)
+
+
+@dataclass
+class Run:
+    """What both phases share: the strategy, how batches are cut and counted, backups."""
+    fn_args: object
+    train: TrainConfig
+    chosen: strategy_lib.Chosen
+    tft_output: tft.TFTransformOutput
+    augmenter: Optional[tf.keras.Sequential]
+    steps: Optional[int]
+    val_steps: Optional[int]
+    backup_root: Optional[str]
+
+    @classmethod
+    def prepare(cls, fn_args, t: TrainConfig, chosen, tft_output) -> "Run":
+        augmenter = augment.build_augmenter(t.augment, t.seed)
+        steps, val_steps = t.steps_per_epoch, None
+        spe = t.steps_per_execution
+        if spe > 1:
+            # Keras runs `spe` steps per call and must know how many an epoch has, for eval
+            # too; a TFRecord dataset does not say, so count the examples once.
+            n_train, n_eval = inputs.count_records(fn_args.train_files), inputs.count_records(fn_args.eval_files)
+            on_tpu = chosen.kind == "tpu"
+            if steps is None:
+                # Only a TPU drops the last partial batch (static shapes).
+                steps = max(1, n_train // t.batch_size if on_tpu else -(-n_train // t.batch_size))
+            val_steps = max(1, n_eval // t.batch_size if on_tpu else -(-n_eval // t.batch_size))
+            print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples, "
+                  f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
+        return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
+                   resume.backup_dir(fn_args) if t.resume else None)
+
+    @property
+    def on_tpu(self) -> bool:
+        return self.chosen.kind == "tpu"
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.fn_args.model_run_dir, "logs")
+
+    def images(self, split: str, *, training: bool) -> tf.data.Dataset:
+        files = self.fn_args.train_files if split == "train" else self.fn_args.eval_files
+        # TPUs need static shapes everywhere, eval included. Elsewhere the last partial
+        # batch is trained on: a split smaller than one batch still trains.
+        return inputs.make_dataset(
+            files, self.tft_output, batch_size=self.train.batch_size, training=training, seed=self.train.seed,
+            shuffle_buffer=self.train.shuffle_buffer, augmenter=self.augmenter if training else None,
+            repeat=training and self.steps is not None, drop_remainder=self.on_tpu)
+
+    def callbacks(self, phase: str, early_stopping: Optional[EarlyStoppingConfig], backup: resume.Phase) -> list:
+        # Backup and journal first: when the epoch line shows, the epoch is saved.
+        cbs = backup.callbacks() + early_stopping(early_stopping)
+        if self.train.reports:
+            cbs.append(tf.keras.callbacks.TensorBoard(self.logs_dir, profile_batch=0, write_graph=False))
+        return cbs + [EpochLog(phase.replace("_", "-"), self.train.batch_size)]
+
+
+def run_phase(run: Run, name: str, phase: Union[TransferConfig, FineTuneConfig], backup: resume.Phase,
+              model: tf.keras.Model, train_ds, eval_ds, initial_epoch: int = 0) -> dict:
+    """Compile `model` at the phase's optimizer and learning rate and fit it for the
+    phase's epochs; returns the phase's history, whole even when it resumed."""
+    with run.chosen.strategy.scope():
+        model_lib.compile_for(model, phase.optimizer, phase.learning_rate, run.train.steps_per_execution)
+    h = model.fit(train_ds, validation_data=eval_ds, initial_epoch=initial_epoch,
+                  epochs=initial_epoch + phase.epochs, steps_per_epoch=run.steps,
+                  validation_steps=run.val_steps, verbose=0,
+                  callbacks=run.callbacks(name, phase.early_stopping, backup))
+    return backup.history(h.history)
+
+
+def _phase1_inputs(run: Run, classifier: tf.keras.Model):
+    """(model to fit, train batches, eval batches): the head on cached base features
+    when nothing random touches the images and they fit in memory, else the classifier
+    on images."""
+    if feature_cache.wanted(run.train.transfer.cache_features, run.augmenter is not None):
+        cached = _cached_features(run, classifier)
+        if cached is not None:
+            return cached
+    return classifier, run.images("train", training=True), run.images("eval", training=False)
+
+
+def _cached_features(run: Run, classifier: tf.keras.Model):
     start = time.perf_counter()
-    _export(fn_args, cfg, classifier, tft_output, names, history)
-    print(f"[xfer] exported the SavedModel in {time.perf_counter() - start:.1f}s", flush=True)
-    if train["reports"]:
-        start = time.perf_counter()
-        paths = reports.write_all(classifier, images(fn_args.eval_files, False), history, names,
-                                  fn_args.model_run_dir)
-        print(f"[xfer] reports in {time.perf_counter() - start:.1f}s: {', '.join(sorted(paths.values()))}; "
-              f"TensorBoard: {logs_dir}", flush=True)
-    resume.clear(backup_root)
+    with run.chosen.strategy.scope():
+        features_model, head = model_lib.split_at_pool(classifier)
+    predict = feature_cache.extractor(features_model)
+    train_x, train_y = feature_cache.extract(predict, run.images("train", training=False))
+    eval_x, eval_y = feature_cache.extract(predict, run.images("eval", training=False))
+    if not feature_cache.fits(train_x, eval_x):
+        print("[xfer] transfer: features too large to cache in memory; training on images", flush=True)
+        return None
+    t = run.train
+    common = dict(batch_size=t.batch_size, seed=t.seed, shuffle_buffer=t.shuffle_buffer)
+    train_ds = feature_cache.dataset(train_x, train_y, training=True, repeat=run.steps is not None,
+                                     drop_remainder=run.on_tpu, **common)
+    eval_ds = feature_cache.dataset(eval_x, eval_y, training=False, repeat=False,
+                                    drop_remainder=run.on_tpu, **common)
+    print(f"[xfer] transfer: cached base features of {len(train_y)} train and "
+          f"{len(eval_y)} eval images ({train_x.shape[1:]}, "
+          f"{(train_x.nbytes + eval_x.nbytes) / 1e6:.1f} MB) in "
+          f"{time.perf_counter() - start:.1f}s", flush=True)
+    return head, train_ds, eval_ds
 
 
-def _export(fn_args, cfg, classifier, tft_output, names, history) -> None:
-    sigs = export.signatures(classifier, tft_output, cfg["data"]["image_key"], names)
+def _choose_strategy(t: TrainConfig) -> strategy_lib.Chosen:
+    chosen = strategy_lib.choose(t.strategy, tpu=t.tpu, devices=t.devices)
+    policy = strategy_lib.precision_policy(t.mixed_precision, chosen.kind)
+    tf.keras.mixed_precision.set_global_policy(policy)
+    print(f"[xfer] strategy: {chosen.kind} ({chosen.why}), {chosen.replicas} replica(s), "
+          f"precision {policy}", flush=True)
+    return chosen
+
+
+def early_stopping(es: Optional[EarlyStoppingConfig]) -> list:
+    if es is None:
+        return []
+    return [tf.keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
+                                             restore_best_weights=es.restore_best_weights)]
+
+
+def _epochs_run(history: dict) -> int:
+    return len(next(iter(history.values()), []))
+
+
+def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history) -> None:
+    start = time.perf_counter()
+    sigs = export.signatures(classifier, tft_output, s.image_key, names)
     # No traced layer functions: the signatures are what serving and TFMA call, and Keras
     # reloads from the layer configs; tracing every layer was 17 s of a 33 s Trainer.
     classifier.save(fn_args.serving_model_dir, save_format="tf", signatures=sigs, save_traces=False)
     # Class names beside the model, for clients that show the top k (xfer predict, TFLite).
     extra = os.path.join(fn_args.serving_model_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
-    with tf.io.gfile.GFile(os.path.join(extra, "labels.txt"), "w") as f:
-        f.write("".join(f"{n}\n" for n in names))
+    labels.write_labels_file(os.path.join(extra, "labels.txt"), names)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"class_names": names, "history": _jsonable(history)}, f, indent=1)
-    if cfg.get("tflite"):
-        export.write_tflite(classifier, os.path.join(extra, export.TFLITE_FILE))
     summary_lines = []
     classifier.summary(print_fn=summary_lines.append)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "model_summary.txt"), "w") as f:
         f.write("\n".join(summary_lines) + "\n")
+    print(f"[xfer] exported the SavedModel in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+def _reports(run: Run, classifier, history, names) -> None:
+    start = time.perf_counter()
+    paths = reports.write_all(classifier, run.images("eval", training=False), history, names,
+                              run.fn_args.model_run_dir)
+    print(f"[xfer] reports in {time.perf_counter() - start:.1f}s: {', '.join(sorted(paths.values()))}; "
+          f"TensorBoard: {run.logs_dir}", flush=True)
 
 
 def _jsonable(history: dict) -> dict:

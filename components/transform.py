@@ -8,6 +8,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from xfer.components.settings import TransformSettings
+
 # Names of the transformed features, whatever the raw keys are called.
 IMAGE = "image"
 LABEL = "label"
@@ -38,11 +40,10 @@ def decode_images(encoded: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs, custom_config):
-    data = custom_config["data"]
-    size = custom_config["model"]["image_size"]
-    outputs = {IMAGE: decode_images(as_vector(inputs[data["image_key"]]), size)}
-    if data["label_key"] in inputs:
-        label = as_vector(inputs[data["label_key"]])
+    s = TransformSettings.model_validate(custom_config)
+    outputs = {IMAGE: decode_images(as_vector(inputs[s.image_key]), s.image_size)}
+    if s.label_key in inputs:
+        label = as_vector(inputs[s.label_key])
         if label.dtype == tf.string:
             label = tft.compute_and_apply_vocabulary(
                 label, vocab_filename=LABEL_VOCABULARY, store_frequency=False)

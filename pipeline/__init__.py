@@ -1,5 +1,4 @@
 """The xfer pipeline: config, DAG, runners and CLI."""
-import os
-
-# TFT and TFMA need Keras 2; this must be set before TensorFlow is first imported.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# Before any module here imports TensorFlow: xfer.components sets TF_USE_LEGACY_KERAS
+# (it imports no TensorFlow itself, so `xfer --help` stays instant).
+import xfer.components  # noqa: F401

@@ -3,12 +3,11 @@ subcommand that needs them, so `xfer --help` is instant."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
-import warnings
 
+from xfer.pipeline import errors, progress
 from xfer.pipeline.config import ConfigError, load_config, shipped_configs
 
 DESCRIPTION = """\
@@ -21,43 +20,6 @@ Configs are YAML files; shipped ones can be named directly: {shipped}.
 """
 
 
-class _Progress(logging.Filter):
-    """Turns the local runner's 'Component X is running/finished' logs into one
-    progress line each (with elapsed time) and, unless verbose, drops other chatter."""
-
-    def __init__(self, verbose: bool):
-        super().__init__()
-        self.verbose, self.started = verbose, {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.msg if isinstance(record.msg, str) else ""
-        if msg.startswith("Component %s is running"):
-            self.started[record.args[0]] = time.perf_counter()
-            print(f"[xfer] {record.args[0]} running ...", flush=True)
-        elif msg.startswith("Component %s is finished"):
-            node = record.args[0]
-            seconds = time.perf_counter() - self.started.get(node, time.perf_counter())
-            print(f"[xfer] {node} done ({seconds:.1f}s)", flush=True)
-        # Quiet: TFX's own error logs would come before the user's error; main() prints
-        # that error, naming the failed component, with the trace in a file.
-        return self.verbose
-
-
-def _quiet(verbose: bool) -> None:
-    # The runner's progress is logged at INFO; the filter keeps only that unless verbose.
-    absl_logger = logging.getLogger("absl")
-    absl_logger.setLevel(logging.INFO)
-    # Steps call absl.logging.set_verbosity mid-run (seen in Transform: FATAL, then
-    # WARNING), which hid every later progress line; keep the level chosen here.
-    absl_logger.setLevel = lambda level: None
-    absl_logger.addFilter(_Progress(verbose))
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-
-
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="demo",
                    help="YAML config file, or a shipped config name (default: demo)")
@@ -68,7 +30,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args) -> int:
     from xfer.pipeline.runners import run_local
-    from xfer.pipeline.summary import format_summary
+    from xfer.pipeline.summary import format_summary, save_report
 
     config = load_config(args.config, args.overrides)
     start = time.perf_counter()
@@ -79,26 +41,12 @@ def cmd_run(args) -> int:
     except ConfigError:
         raise
     except Exception as e:
-        raise StepFailed(_failed_component(config), e) from e
+        raise errors.step_failed(config, e) from e
     text = format_summary(summary, config.eval, wall_seconds=time.perf_counter() - start)
     print(text)
     if summary.blessing is not None:
-        report = _save_report(config, summary.run_id, text)
-        print(f"blessing report: {report}")
+        print(f"blessing report: {save_report(config.root, summary.run_id, text)}")
     return 0
-
-
-def _save_report(config, run_id: str, text: str) -> str:
-    """Keep the run's summary and blessing report beside its runs (root/reports/RUN/)."""
-    import tensorflow as tf
-
-    from xfer.pipeline.config import to_absolute
-    folder = os.path.join(to_absolute(config).root, "reports", run_id.replace(":", "-"))
-    tf.io.gfile.makedirs(folder)
-    path = os.path.join(folder, "blessing.txt")
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text + "\n")
-    return path
 
 
 def cmd_compile(args) -> int:
@@ -111,49 +59,22 @@ def cmd_compile(args) -> int:
     return 0
 
 
-class StepFailed(Exception):
-    def __init__(self, component, error):
-        super().__init__(f"{component or 'a component'} failed: {error}")
-        self.component = component
-
-
-def _failed_component(config):
-    """The component that failed in the latest run, from the metadata store, if any."""
-    from xfer.pipeline.config import to_absolute
-    from xfer.pipeline.summary import summarize
-    try:
-        states = summarize(to_absolute(config).metadata_path, config.name).states
-    except Exception:  # noqa: BLE001 - no store yet: the failure came before any step
-        return None
-    return next((c for c, s in states.items() if s == "failed"), None)
-
-
-def _store(config):
-    from xfer.pipeline.config import to_absolute
-    config = to_absolute(config)
-    if not os.path.exists(config.metadata_path):
-        raise ConfigError(f"no runs yet: {config.metadata_path} does not exist; `xfer run` first")
-    return config.metadata_path, config.name
-
-
 def cmd_runs(args) -> int:
-    from xfer.pipeline.show import format_runs
+    from xfer.pipeline.store import existing_store
+    from xfer.pipeline.summary import format_runs
 
-    print(format_runs(*_store(load_config(args.config, args.overrides)), last=args.last))
+    config = load_config(args.config, args.overrides)
+    print(format_runs(existing_store(config), config.name, last=args.last))
     return 0
 
 
 def cmd_show(args) -> int:
-    from xfer.pipeline.show import format_show
-    from xfer.pipeline.summary import open_store, pipeline_runs
+    from xfer.pipeline.store import existing_store
+    from xfer.pipeline.views import format_show
 
     config = load_config(args.config, args.overrides)
-    db, name = _store(config)
-    run_id = args.run
-    if run_id in ("latest", "last"):
-        runs = pipeline_runs(open_store(db), name)
-        run_id = runs[-1].name if runs else run_id
-    print(format_show(db, name, run_id, args.component, label_key=config.data.label_key))
+    print(format_show(existing_store(config), config.name, args.run, args.component,
+                      label_key=config.data.label_key))
     return 0
 
 
@@ -358,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "cache ($KERAS_HOME or ~/.keras), so runs with weights: imagenet "
                                     "need no network. MobileNetV2's file depends on image size "
                                     "and alpha.")
-    from xfer.pipeline.config import MIN_IMAGE_SIZE
-    w.add_argument("--backbone", action="append", required=True, choices=sorted(MIN_IMAGE_SIZE),
+    from xfer.components.settings import BACKBONES
+    w.add_argument("--backbone", action="append", required=True, choices=sorted(BACKBONES),
                    help="backbone name (repeatable)")
     w.add_argument("--image-size", type=int, action="append", default=None,
                    help="input size (repeatable; default 224)")
@@ -372,38 +293,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "image_size", 0) is None:
         args.image_size = [224]
-    _quiet(args.verbose)
+    progress.configure(args.verbose)
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"xfer: config error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:  # noqa: BLE001 - the user's error first, the trace in a file
-        if args.verbose:
+        if args.verbose and not isinstance(e, ConfigError):
             raise
-        log = _write_trace()
-        where = f" in {e.component}" if isinstance(e, StepFailed) and e.component else ""
-        print(f"xfer: error{where}: {_root_cause(e)}\nfull trace: {log} (or run with --verbose)",
-              file=sys.stderr)
-        return 1
-
-
-def _root_cause(e: BaseException) -> str:
-    """The innermost exception's message: the one naming the file, key or value."""
-    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
-        e = e.__cause__ or e.__context__
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text}" if not isinstance(e, (ValueError, FileNotFoundError, LookupError)) else text
-
-
-def _write_trace() -> str:
-    import tempfile
-    import traceback
-
-    fd, path = tempfile.mkstemp(prefix="xfer-error-", suffix=".log")
-    with os.fdopen(fd, "w") as f:
-        traceback.print_exc(file=f)
-    return path
+        return errors.report(e)
 
 
 if __name__ == "__main__":

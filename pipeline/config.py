@@ -1,17 +1,23 @@
-"""The one config object: loaded from YAML, validated, handed to every step.
+"""Loading a config: a YAML file or a shipped name, `--set` overrides, validation with
+one-line errors naming the key, and local paths made absolute, once.
 
-Every step gets what it needs from this object (through `custom_config` or component
-parameters), so a run is fully described by its YAML file plus `--set` overrides.
+The schema itself is components/settings.py (no TensorFlow), shared with the steps; a
+run is fully described by its YAML file plus `--set` overrides.
 """
 from __future__ import annotations
 
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
+
+from xfer.components.settings import Config
+
+__all__ = ["Config", "ConfigError", "apply_overrides", "load_config", "resolve_config_path",
+           "shipped_configs", "validate"]
 
 SHIPPED_DIR = Path(__file__).parent / "configs"
 
@@ -19,304 +25,6 @@ SHIPPED_DIR = Path(__file__).parent / "configs"
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key, the value and the fix."""
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Strict):
-    builtin: Optional[Literal["digits"]] = Field(
-        None, description="An embedded dataset, made into TFRecords at first use (offline).")
-    input_base: Optional[str] = Field(
-        None, description="Folder (local or gs://) holding the TFRecords of tf.Example.")
-    splits: dict[str, str] = Field(
-        default_factory=dict,
-        description="Split name -> file pattern under input_base, e.g. {train: 'train/*', eval: 'eval/*'}. "
-                    "Empty: one input, hash-split by `hash_buckets`.")
-    pattern: str = Field("*", description="File pattern under input_base when `splits` is empty.")
-    hash_buckets: dict[str, int] = Field(
-        default_factory=lambda: {"train": 4, "eval": 1},
-        description="Hash-split ratios used when `splits` is empty.")
-    image_key: str = "image"
-    label_key: str = "label"
-    labels_file: Optional[str] = Field(
-        None, description="labels.txt, one class name per line, line i naming label i.")
-    num_classes: Optional[int] = Field(None, ge=2)
-    schema_path: Optional[str] = Field(
-        None, description="A curated schema.pbtxt imported with ImportSchemaGen; SchemaGen infers one if unset.")
-    on_anomaly: Literal["fail", "warn"] = Field(
-        "fail", description="ExampleValidator anomalies stop the run before Transform (fail) or are "
-                            "printed and the run goes on (warn).")
-    on_bad_image: Literal["fail", "skip"] = Field(
-        "fail", description="A record whose image does not decode stops the run, naming it (fail), "
-                            "or is dropped and counted (skip).")
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if self.builtin is None and self.input_base is None:
-            raise ValueError("data needs either `builtin: digits` or `input_base: <folder of TFRecords>`")
-        if self.builtin is not None and self.input_base is not None:
-            raise ValueError("data.builtin and data.input_base are exclusive; set one")
-        if not self.splits and not ({"train", "eval"} <= set(self.hash_buckets)):
-            raise ValueError("data.hash_buckets must name the splits 'train' and 'eval'")
-        if self.splits and not ({"train", "eval"} <= set(self.splits)):
-            raise ValueError(f"data.splits must name 'train' and 'eval'; got {sorted(self.splits)}")
-        return self
-
-
-class HeadConfig(_Strict):
-    pooling: Literal["avg", "max", "flatten"] = "avg"
-    dense: list[int] = Field(default_factory=list, description="Units of hidden Dense layers, in order.")
-    activation: str = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-# Smallest input each backbone accepts (tf.keras.applications without the top); the
-# registry in components/backbones.py must agree (a test checks it).
-MIN_IMAGE_SIZE = {"vgg16": 32, "mobilenet_v2": 32, "resnet50": 32, "efficientnet_b0": 32}
-
-
-class ModelConfig(_Strict):
-    backbone: Literal["vgg16", "mobilenet_v2", "resnet50", "efficientnet_b0"] = "mobilenet_v2"
-    weights: str = Field("imagenet", description="imagenet | none | path to a weights file (local or gs://)")
-    alpha: float = Field(1.0, gt=0.0, description="MobileNetV2 width multiplier.")
-    image_size: int = Field(224, ge=1)
-    head: HeadConfig = Field(default_factory=HeadConfig)
-
-    @model_validator(mode="after")
-    def _size_fits_backbone(self):
-        minimum = MIN_IMAGE_SIZE[self.backbone]
-        if self.image_size < minimum:
-            raise ValueError(f"image_size {self.image_size} is below {self.backbone}'s minimum of "
-                             f"{minimum} px; set model.image_size to {minimum} or more")
-        return self
-
-
-class EarlyStoppingConfig(_Strict):
-    monitor: str = Field("val_loss", description="A logged metric, e.g. val_loss or val_accuracy.")
-    patience: int = Field(2, ge=0, description="Epochs without improvement before the phase stops.")
-    min_delta: float = Field(0.0, ge=0.0)
-    restore_best_weights: bool = True
-
-
-class TransferConfig(_Strict):
-    epochs: int = Field(3, ge=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
-    early_stopping: Optional[EarlyStoppingConfig] = Field(
-        None, description="Stop phase 1 when `monitor` stops improving (null: run every epoch).")
-    cache_features: Literal["auto", "on", "off"] = Field(
-        "auto", description="Train phase 1 on the frozen base's features, computed once "
-                            "(auto: when phase 1 has no augmentation).")
-
-    @field_validator("cache_features", mode="before")
-    @classmethod
-    def _yaml_on_off(cls, v):
-        # YAML 1.1 reads a bare on/off as a boolean.
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
-
-
-class FineTuneConfig(_Strict):
-    enabled: bool = True
-    epochs: int = Field(3, ge=0)
-    learning_rate: float = Field(1e-5, gt=0)
-    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
-    from_layer: Optional[str] = Field(
-        None, description="Unfreeze the base from this layer on (e.g. block5_conv1).")
-    fraction: float = Field(0.2, gt=0.0, le=1.0, description="Else unfreeze this top fraction of base layers.")
-    early_stopping: Optional[EarlyStoppingConfig] = Field(
-        None, description="Stop phase 2 when `monitor` stops improving (null: run every epoch).")
-
-
-class AugmentConfig(_Strict):
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    rotation: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of a full turn (40 degrees ~ 0.11).")
-    zoom: float = Field(0.0, ge=0.0, lt=1.0)
-    translation: float = Field(0.0, ge=0.0, lt=1.0)
-    contrast: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-def _augments(aug: AugmentConfig) -> bool:
-    return any(v for v in aug.model_dump().values())
-
-
-class TrainConfig(_Strict):
-    batch_size: int = Field(32, ge=1)
-    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Default: one pass over the train split.")
-    shuffle_buffer: int = Field(1024, ge=1)
-    seed: int = 42
-    transfer: TransferConfig = Field(default_factory=TransferConfig)
-    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    strategy: Literal["auto", "tpu", "multi_worker", "mirrored", "default"] = Field(
-        "auto", description="auto: TPU if configured or found, multi-worker if TF_CONFIG names "
-                            "several workers, mirrored if several GPUs, else default.")
-    tpu: Optional[str] = Field(None, description="TPU name or grpc:// address ('local' on a TPU VM).")
-    devices: Optional[list[str]] = Field(
-        None, description="Devices for the mirrored strategy (default: all GPUs).")
-    mixed_precision: Literal["auto", "off", "mixed_float16", "mixed_bfloat16"] = Field(
-        "auto", description="auto: mixed_bfloat16 on TPU, mixed_float16 on GPU, off on CPU.")
-    steps_per_execution: int = Field(1, ge=1, description="Batches per compiled call (TPUs want many).")
-    resume: bool = Field(
-        True, description="Back up training state every epoch and resume from it when a killed "
-                          "Trainer is re-run with the same inputs.")
-    reports: bool = Field(True, description="Curves, confusion matrix and an image grid as PNG, "
-                                            "and TensorBoard logs, in the model run folder.")
-
-    @model_validator(mode="after")
-    def _cache_needs_plain_phase1(self):
-        if self.transfer.cache_features == "on" and _augments(self.augment):
-            raise ValueError(
-                "transfer.cache_features is 'on' but train.augment is set: cached features are "
-                "computed once, so phase 1 would never see an augmented image; set "
-                "cache_features to auto (cache only without augmentation) or off, or drop augment")
-        return self
-
-
-class EvalConfig(_Strict):
-    min_accuracy: Optional[float] = Field(
-        0.0, description="Bless only when eval accuracy >= this (null: no value threshold).")
-    max_drop: Optional[float] = Field(
-        0.0, ge=0.0,
-        description="Bless only when accuracy is at most this much below the latest blessed model "
-                    "(absolute; null: no change threshold).")
-
-    max_drop_relative: Optional[float] = Field(
-        None, ge=0.0, description="Also (or instead) a relative drop, e.g. 0.02 = 2% of the baseline.")
-    top_k: int = Field(3, ge=2, description="Also report top-k accuracy.")
-
-    @model_validator(mode="after")
-    def _some_threshold(self):
-        if self.min_accuracy is None and self.max_drop is None and self.max_drop_relative is None:
-            # TFMA writes no blessing at all without a threshold, so the Pusher would never push.
-            raise ValueError("eval needs at least one of min_accuracy, max_drop or max_drop_relative")
-        return self
-
-
-class ModelRegistryConfig(_Strict):
-    project: str
-    region: str
-    display_name: str
-    serving_container_image: str = Field(
-        description="e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-16:latest")
-    parent_model: Optional[str] = Field(None, description="Register as a new version of this model.")
-    labels: dict[str, str] = Field(default_factory=dict)
-
-
-class PushConfig(_Strict):
-    destination: Optional[str] = Field(None, description="Default: <root>/serving.")
-    keep: Optional[int] = Field(None, ge=1, description="Versions to keep (oldest removed); null: all.")
-    tflite: bool = Field(False, description="Also export the same model as TFLite (model.tflite + labels.txt).")
-    vertex_model_registry: Optional[ModelRegistryConfig] = Field(
-        None, description="Also register each new version in the Vertex AI Model Registry (gs:// destination).")
-
-
-class ResourcesConfig(_Strict):
-    cpu: Optional[float] = Field(None, gt=0, description="vCPU limit.")
-    memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit in GB.")
-    accelerator: Optional[str] = Field(
-        None, description="e.g. NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3 (Vertex/KFP accelerator type).")
-    accelerator_count: int = Field(1, ge=1)
-
-
-class DataflowConfig(_Strict):
-    """The heavy Beam steps on Dataflow, in the project image."""
-    project: str
-    region: str
-    temp_location: str = Field(description="gs:// folder for Dataflow's temporary files.")
-    machine_type: Optional[str] = None
-    max_num_workers: Optional[int] = Field(None, ge=1)
-
-    def args(self, image: str) -> list[str]:
-        a = ["--runner=DataflowRunner", f"--project={self.project}", f"--region={self.region}",
-             f"--temp_location={self.temp_location}", f"--sdk_container_image={image}",
-             "--experiments=use_runner_v2"]
-        if self.machine_type:
-            a.append(f"--machine_type={self.machine_type}")
-        if self.max_num_workers:
-            a.append(f"--max_num_workers={self.max_num_workers}")
-        return a
-
-
-class VertexTrainingConfig(_Strict):
-    """Run the Trainer as a Vertex AI custom job (tfx.extensions.google_cloud_ai_platform)."""
-    project: str
-    region: str
-    machine_type: str = "n1-standard-8"
-    accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4")
-    accelerator_count: int = Field(1, ge=1)
-    replica_count: int = Field(1, ge=1)
-
-
-class KubeflowConfig(_Strict):
-    image: Optional[str] = Field(None, description="The project's container image every step runs in.")
-    resources: dict[str, ResourcesConfig] = Field(
-        default_factory=dict, description="Per component (by name, e.g. Trainer): CPU, memory, accelerator.")
-    dataflow: Optional[DataflowConfig] = Field(
-        None, description="Run ImportExampleGen, StatisticsGen, DataCheck, Transform and Evaluator on Dataflow.")
-    vertex_training: Optional[VertexTrainingConfig] = Field(
-        None, description="Run the Trainer as a Vertex AI custom job.")
-
-
-class Config(_Strict):
-    name: str = Field("xfer", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    root: str = Field("runs/xfer", description="Local working folder; other paths default under it.")
-    pipeline_root: Optional[str] = None
-    metadata_path: Optional[str] = None
-    enable_cache: bool = True
-    beam_pipeline_args: list[str] = Field(default_factory=lambda: ["--direct_running_mode=in_memory"])
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    push: PushConfig = Field(default_factory=PushConfig)
-    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
-
-    @model_validator(mode="after")
-    def _fill_paths(self):
-        base = self.root.rstrip("/")
-        if self.pipeline_root is None:
-            self.pipeline_root = f"{base}/pipeline_root"
-        if self.metadata_path is None:
-            self.metadata_path = f"{base}/metadata.sqlite"
-        if self.push.destination is None:
-            self.push.destination = f"{base}/serving"
-        return self
-
-    @property
-    def data_dir(self) -> str:
-        """Where the TFRecords are: input_base, or the embedded dataset's folder."""
-        if self.data.builtin:
-            return f"{self.root.rstrip('/')}/data/{self.data.builtin}"
-        return self.data.input_base
-
-    @property
-    def labels_file(self) -> Optional[str]:
-        if self.data.labels_file:
-            return self.data.labels_file
-        if self.data.builtin:
-            return f"{self.data_dir}/labels.txt"
-        return None
-
-    def step_config(self, step: str) -> dict[str, Any]:
-        """The JSON-safe part of the config a step receives as custom_config.
-
-        Only what the step uses: custom_config is part of TFX's cache key, so changing
-        an eval threshold must not re-run Transform or the Trainer.
-        """
-        d = self.model_dump(mode="json")
-        data = d["data"]
-        if step == "transform":
-            return {"data": {k: data[k] for k in ("image_key", "label_key")},
-                    "model": {"image_size": d["model"]["image_size"]}}
-        if step == "trainer":
-            return {"data": data, "model": d["model"], "train": d["train"],
-                    "labels_file": self.labels_file, "tflite": d["push"]["tflite"]}
-        raise ValueError(f"no step config for '{step}'")
-
-
-# --- loading ---------------------------------------------------------------------
 
 def shipped_configs() -> list[str]:
     return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
@@ -396,9 +104,28 @@ def validate(raw: dict, source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the file must hold a YAML mapping of keys, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
+    return _absolute_paths(config)
+
+
+def _absolute_paths(config: Config) -> Config:
+    """Local relative paths made absolute against the working directory the user ran
+    `xfer` in: steps run elsewhere (other processes, other working directories), and
+    every consumer then reads one meaning of each path. gs:// and absolute paths stay."""
+    def fix(p: Optional[str]) -> Optional[str]:
+        if p is None or "://" in p or os.path.isabs(p):
+            return p
+        return os.path.abspath(p)
+
+    for owner, key in ((config, "root"), (config, "pipeline_root"), (config, "metadata_path"),
+                       (config.data, "input_base"), (config.data, "labels_file"),
+                       (config.data, "schema_path"), (config.push, "destination")):
+        setattr(owner, key, fix(getattr(owner, key)))
+    if config.model.weights not in ("imagenet", "none"):
+        config.model.weights = fix(config.model.weights)
+    return config
 
 
 def load_config(name_or_path: str, overrides: Optional[list[str]] = None) -> Config:
@@ -409,21 +136,3 @@ def load_config(name_or_path: str, overrides: Optional[list[str]] = None) -> Con
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, source=str(path))
-
-
-def to_absolute(config: Config) -> Config:
-    """Local relative paths made absolute, so steps find them whatever their cwd."""
-    def fix(p: Optional[str]) -> Optional[str]:
-        if p is None or "://" in p or os.path.isabs(p):
-            return p
-        return os.path.abspath(p)
-
-    d = config.model_dump()
-    for key in ("root", "pipeline_root", "metadata_path"):
-        d[key] = fix(d[key])
-    for key in ("input_base", "labels_file", "schema_path"):
-        d["data"][key] = fix(d["data"][key])
-    d["push"]["destination"] = fix(d["push"]["destination"])
-    if d["model"]["weights"] not in ("imagenet", "none"):
-        d["model"]["weights"] = fix(d["model"]["weights"])
-    return Config.model_validate(d)

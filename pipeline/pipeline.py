@@ -10,28 +10,33 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 # The TFX classes by their modules, not through `tfx.v1`: that one also imports every
 # extension (the Vertex AI client among them), 1.7 s of each `xfer run` here.
-from tfx.components import (Evaluator, ExampleValidator, ImportExampleGen, Pusher, SchemaGen,
+from tfx.components import (ExampleValidator, ImportExampleGen, Pusher, SchemaGen,
                             StatisticsGen, Trainer, Transform)
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import executor_spec
-from tfx.dsl.components.common.resolver import Resolver
-from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.orchestration.metadata import sqlite_metadata_connection_config
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
-from tfx.types import Channel, standard_artifacts
 
 from xfer.components import pusher as versioned_pusher
+from xfer.components.baseline import ServedBaseline
 from xfer.components.data_check import DataCheck
+from xfer.components.evaluator import Evaluator
 from xfer.pipeline.config import Config
 
 TRANSFORM_FN = "xfer.components.transform.preprocessing_fn"
 RUN_FN = "xfer.components.trainer.run_fn"
+# Substituted by the Kubeflow / Vertex driver with the run's id: a cache key that differs
+# every run (kubeflow/pipelines backend/src/v2/driver/resolve.go substitutes it).
+RUN_NONCE = "{{$.pipeline_job_uuid}}"
+# Reads what can change under the same inputs (the served model): never taken from a
+# cache, on any runner. (On Kubeflow, ImportExampleGen too: see pipeline/kfp_spec.py.)
+NEVER_CACHED = ("ServedBaseline",)
 
 # Node ids, in DAG order; the CLI and tests refer to components by these names.
 COMPONENTS = [
     "ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataCheck", "Transform",
-    "Trainer", "LatestBlessedModelResolver", "Evaluator", "Pusher",
+    "Trainer", "ServedBaseline", "Evaluator", "Pusher",
 ]
 
 
@@ -47,8 +52,10 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _step_config(config: Config, step: str) -> dict:
-    return {**config.step_config(step), "code_fingerprint": code_fingerprint()}
+def _custom_config(settings) -> dict:
+    """A step's typed settings as its custom_config (part of TFX's cache key); the step
+    validates them again on its side."""
+    return settings.model_dump(mode="json")
 
 
 def _input_config(config: Config) -> Optional[example_gen_pb2.Input]:
@@ -119,7 +126,7 @@ def _cluster_settings(config: Config, components: list) -> None:
     kf = config.kubeflow
     by_id = {c.id: c for c in components}
     for name, r in kf.resources.items():
-        if name not in by_id or name == "LatestBlessedModelResolver":
+        if name not in by_id:
             raise ValueError(f"kubeflow.resources: no component '{name}'; components: {', '.join(COMPONENTS)}")
         spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
             cpu_limit=r.cpu or 0, memory_limit=r.memory_gb or 0)
@@ -145,6 +152,7 @@ def _vertex_training(config: Config) -> dict:
 
 
 def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
+    fingerprint = code_fingerprint()
     example_gen = ImportExampleGen(
         input_base=config.data_dir,
         input_config=_input_config(config),
@@ -185,9 +193,9 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         # Pre-transform statistics are StatisticsGen's; post-transform ones would decode
         # every image once more only to describe float pixels.
         disable_statistics=True,
-        custom_config=_step_config(config, "transform"))
+        custom_config=_custom_config(config.transform_settings(fingerprint)))
 
-    trainer_cls, trainer_config = Trainer, _step_config(config, "trainer")
+    trainer_cls, trainer_config = Trainer, _custom_config(config.trainer_settings(fingerprint))
     if for_kubeflow and config.kubeflow.vertex_training:
         from tfx.v1.extensions.google_cloud_ai_platform import Trainer as VertexTrainer
         trainer_cls = VertexTrainer
@@ -201,17 +209,18 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
         custom_config=trainer_config)
 
-    resolver = Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModelResolver")
+    # The model being served now, read at run time (no resolver: Kubeflow's open-source
+    # backend refuses resolver executors). Never cached (see runners and kfp_spec).
+    baseline = ServedBaseline(
+        candidate=trainer.outputs["model"],
+        push_destination=config.push.destination,
+        run_nonce=RUN_NONCE if for_kubeflow else "").with_id("ServedBaseline")
 
     evaluator = Evaluator(
         examples=examples,
         example_splits=["eval"],
         model=trainer.outputs["model"],
-        baseline_model=resolver.outputs["model"],
+        baseline_model=baseline.outputs["baseline"],
         eval_config=eval_config(config))
 
     pusher = Pusher(
@@ -219,13 +228,11 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.push.destination)),
-        custom_config={"keep": config.push.keep,
-                       "vertex_model_registry": config.push.vertex_model_registry.model_dump()
-                       if config.push.vertex_model_registry else None},
+        custom_config=_custom_config(config.pusher_settings(fingerprint)),
         custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,
-                  trainer, resolver, evaluator, pusher]
+                  trainer, baseline, evaluator, pusher]
     if for_kubeflow:
         _cluster_settings(config, components)
     metadata = None if for_kubeflow else sqlite_metadata_connection_config(config.metadata_path)

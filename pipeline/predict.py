@@ -59,11 +59,13 @@ def _readable_image(path: str) -> tuple[Optional[bytes], Optional[str]]:
 def predict(model_dir: str, images: list[str], top_k: int = 3) -> list[Prediction]:
     import tensorflow as tf
 
+    from xfer.components.labels import read_labels_file
+
     model_dir = resolve_model_dir(model_dir)
     model = tf.saved_model.load(model_dir)
     serve = model.signatures["serving_default"]
     names_path = os.path.join(model_dir, LABELS_FILE)
-    names = tf.io.gfile.GFile(names_path).read().splitlines() if tf.io.gfile.exists(names_path) else None
+    names = read_labels_file(names_path) if tf.io.gfile.exists(names_path) else None
 
     results = [Prediction(image=p) for p in images]
     good = []

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Optional
 
-from xfer.pipeline.config import Config, ConfigError, to_absolute
+from xfer.pipeline.config import Config, ConfigError
 from xfer.pipeline.summary import RunSummary, summarize
 
 
@@ -41,14 +40,13 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
     """Run the DAG locally. With from_nodes/to_nodes, a partial run: only the nodes
     between them execute, the rest of their inputs come from the latest run in MLMD."""
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-    from tfx.orchestration.pipeline import RunOptions
+    from tfx.proto.orchestration import pipeline_pb2
 
     from xfer.pipeline.pipeline import COMPONENTS, create_pipeline
 
     for node in (from_nodes or []) + (to_nodes or []):
         if node not in COMPONENTS:
             raise ConfigError(f"--from/--to: no component '{node}'; components: {', '.join(COMPONENTS)}")
-    config = to_absolute(config)
     prepare_data(config)
     check_weights(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
@@ -57,20 +55,39 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
         if from_nodes and not os.path.exists(config.metadata_path):
             raise ConfigError(f"--from/--to: no earlier run in {config.metadata_path} to take "
                               f"upstream artifacts from; run the whole pipeline once first")
-        run_options = RunOptions(from_nodes=from_nodes, to_nodes=to_nodes)
+        run_options = pipeline_pb2.RunOptions()
+        run_options.partial_run.from_nodes.extend(from_nodes or [])
+        run_options.partial_run.to_nodes.extend(to_nodes or [])
+        # Upstream artifacts of the nodes run come from the latest run.
+        run_options.partial_run.snapshot_settings.latest_pipeline_run_strategy.SetInParent()
         # A partial run exists to re-execute its nodes (e.g. after editing trainer code).
         config = config.model_copy(update={"enable_cache": False})
-    start = time.perf_counter()
-    LocalDagRunner().run(create_pipeline(config), run_options=run_options)
-    summary = summarize(config.metadata_path, config.name)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    LocalDagRunner().run_with_ir(pipeline_ir(create_pipeline(config)), run_options=run_options)
+    return summarize(config.metadata_path, config.name)
+
+
+STEP_COMMAND = ("python", "-m", "xfer.components.kfp_entrypoint")
+
+
+def pipeline_ir(pipeline):
+    """The pipeline compiled for the local runner, with caching off for the nodes that
+    must never come from a cache (TFX has no per-node switch above the IR)."""
+    from tfx.dsl.compiler import compiler
+
+    from xfer.pipeline.pipeline import NEVER_CACHED
+
+    ir = compiler.Compiler().compile(pipeline)
+    for node in ir.nodes:
+        if node.pipeline_node.node_info.id in NEVER_CACHED:
+            node.pipeline_node.execution_options.caching_options.enable_cache = False
+    return ir
 
 
 def compile_kubeflow(config: Config, out: str) -> str:
     """Write the KFP v2 pipeline spec (PipelineJob JSON) for Kubeflow Pipelines / Vertex."""
-    from tfx import v1 as tfx
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
+    from xfer.pipeline import kfp_spec
     from xfer.pipeline.pipeline import create_pipeline
 
     remote = [k for k, v in (("root", config.root), ("data.input_base", config.data.input_base),
@@ -82,9 +99,23 @@ def compile_kubeflow(config: Config, out: str) -> str:
     if not config.kubeflow.image:
         raise ConfigError("kubeflow.image: not set; name the project's container image every step "
                           "runs in, e.g. --set kubeflow.image=REGISTRY/xfer:TAG")
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
+    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+            default_image=config.kubeflow.image,
+            # Every step runs TFX's entrypoint through ours: it restores the input types
+            # the open-source launcher leaves empty and resolves spans in the step.
+            default_commands=list(STEP_COMMAND),
+            # Schema 2.1.0 with `constant` values: the open-source API server and driver
+            # accept nothing else; Vertex AI accepts it too.
+            use_pipeline_spec_2_1=True),
         output_dir=os.path.dirname(os.path.abspath(out)),
         output_filename=os.path.basename(out))
     runner.run(create_pipeline(config, for_kubeflow=True))
+    job = kfp_spec.make_conformant(kfp_spec.load(out))
+    problems = kfp_spec.violations(job)
+    if problems:
+        os.remove(out)
+        raise ValueError("the compiled spec would be refused or mis-run by Kubeflow Pipelines: "
+                         + "; ".join(problems))
+    kfp_spec.save(job, out)
     return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
@@ -52,8 +51,8 @@ def _labels(config: Config) -> dict:
     return {"app": "xfer", "pipeline": config.name}
 
 
-def submit_kubeflow(config: Config, endpoint: str, experiment: str, *, cron: Optional[str] = None,
-                    job_name: Optional[str] = None) -> Submitted:
+def submit_kubeflow(config: Config, endpoint: str, experiment: str, *,
+                    cron: Optional[str] = None) -> Submitted:
     import kfp
 
     job, folder = _compiled(config)
@@ -63,9 +62,12 @@ def submit_kubeflow(config: Config, endpoint: str, experiment: str, *, cron: Opt
     params = job.get("runtimeConfig", {}).get("parameterValues") or None
     client = kfp.Client(host=endpoint)
     exp = client.create_experiment(name=experiment)  # returns the existing one by that name
-    name = job_name or config.name
+    name = config.name
     common = dict(experiment_id=exp.experiment_id, job_name=name, pipeline_package_path=spec_path,
-                  params=params, pipeline_root=config.pipeline_root, enable_caching=config.enable_cache)
+                  # None: each task keeps its compiled caching (config.enable_cache, and off for
+                  # the steps that read new spans or the served model); a value here would
+                  # overwrite every task's (kfp/client/client.py, _override_caching_options).
+                  params=params, pipeline_root=config.pipeline_root, enable_caching=None)
     if cron:
         rr = client.create_recurring_run(cron_expression=kfp_cron(cron), max_concurrency=1,
                                          no_catchup=True, **common)
@@ -93,7 +95,8 @@ def submit_vertex(config: Config, project: str, region: str, *, service_account:
     aiplatform.init(credentials=credentials, **init)
     pipeline_job = aiplatform.PipelineJob(
         display_name=config.name, template_path=path, pipeline_root=config.pipeline_root,
-        enable_caching=config.enable_cache, labels=_labels(config), project=project, location=region,
+        # None, as for Kubeflow: aiplatform would otherwise overwrite every task's caching.
+        enable_caching=None, labels=_labels(config), project=project, location=region,
         credentials=credentials)
     if cron:
         schedule = pipeline_job.create_schedule(cron=cron, display_name=f"{config.name}-schedule",
@@ -101,9 +104,3 @@ def submit_vertex(config: Config, project: str, region: str, *, service_account:
         return Submitted("vertex", config.name, schedule.resource_name)
     pipeline_job.submit(service_account=service_account)
     return Submitted("vertex", config.name, pipeline_job.resource_name)
-
-
-def valid_name(name: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
-        raise ConfigError(f"'{name}' is not a valid name; use lowercase letters, digits and dashes")
-    return name

@@ -19,14 +19,11 @@ def test_compile_kubeflow_parses_as_pipeline_job_with_configured_image(tmp_path)
     assert job.runtime_config.gcs_output_directory == "gs://bucket/root"
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
     containers = {name: ex["container"] for name, ex in executors.items() if "container" in ex}
-    assert len(containers) >= 7  # every component but the resolver runs in a container
+    assert set(containers) == set(executors)  # every step is a container: no resolver
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
     tasks = set(job.pipeline_spec["root"]["dag"]["tasks"])
-    steps = [c for c in COMPONENTS if c != "LatestBlessedModelResolver"]
-    assert set(steps) <= tasks, tasks
-    # KFP v2 resolves the latest blessed model in two resolver tasks, no container.
-    assert any(t.startswith("LatestBlessedModelResolver") for t in tasks)
+    assert tasks == set(COMPONENTS), tasks
     # Step code goes by import path; no step pip-installs a module file at run time.
     text = json.dumps(json.loads(out.read_text()))
     assert "xfer.components.trainer.run_fn" in text and "module_file" not in text.replace('"module_file": null', "")
@@ -67,7 +64,7 @@ def test_vertex_training_runs_the_trainer_as_a_custom_job(tmp_path):
     args = spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]["args"]
     assert "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor" in args
     custom = json.loads(spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]
-                        ["runtimeValue"]["constantValue"]["stringValue"])
+                        ["runtimeValue"]["constant"])
     assert custom["ai_platform_enable_vertex"] is True and custom["ai_platform_vertex_region"] == "us-central1"
     pool = custom["ai_platform_training_args"]["worker_pool_specs"][0]
     assert pool["container_spec"]["image_uri"] == IMAGE

@@ -1,8 +1,13 @@
-"""Config loading: shipped configs validate; bad keys and values get one clear line."""
+"""Config loading: shipped configs validate; bad keys and values get one clear line;
+each step's settings hold only what it uses."""
+import os
+
 import pytest
 import yaml
 
 from conftest import CONFIGS, xfer
+from settings_helpers import make_config
+from xfer.components.settings import PusherSettings, TrainerSettings, TransformSettings
 from xfer.pipeline.config import ConfigError, load_config, shipped_configs, validate
 
 
@@ -70,10 +75,56 @@ def test_cli_reports_config_error_in_one_line_and_exit_2(tmp_path):
     assert "train.batch_size" in lines[0] and "'lots'" in lines[0] and str(bad) in lines[0]
 
 
-def test_step_configs_carry_only_what_the_step_uses():
+def test_step_settings_carry_only_what_the_step_uses():
     c = load_config("demo")
-    assert "eval" not in c.step_config("trainer") and "eval" not in c.step_config("transform")
-    assert "train" not in c.step_config("transform")
+    assert set(c.transform_settings("f").model_dump()) == {"code_fingerprint", "image_key", "label_key",
+                                                           "image_size"}
+    assert set(c.trainer_settings("f").model_dump()) == {"code_fingerprint", "image_key", "labels_file",
+                                                         "num_classes", "model", "train"}
+    assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite",
+                                                        "vertex_model_registry"}
+
+
+def test_export_options_are_not_in_the_trainers_cache_key():
+    plain, tflite = load_config("demo"), load_config("demo", ["push.tflite=true", "push.keep=2"])
+    assert plain.trainer_settings("f").model_dump(mode="json") == tflite.trainer_settings("f").model_dump(mode="json")
+    assert plain.pusher_settings("f") != tflite.pusher_settings("f")
+
+
+def test_each_step_validates_its_settings_from_custom_config():
+    c = load_config("demo", ["train.fine_tune.from_layer=block5_conv1"])
+    custom = c.trainer_settings("f").model_dump(mode="json")
+    s = TrainerSettings.model_validate(custom)
+    assert s.train.fine_tune.from_layer == "block5_conv1" and s.model.backbone == "vgg16"
+    # The Vertex AI Trainer merges its own keys into the custom_config run_fn receives.
+    assert TrainerSettings.model_validate({**custom, "ai_platform_enable_vertex": True}) == s
+    with pytest.raises(ValueError, match="extra"):
+        TransformSettings.model_validate({**c.transform_settings("f").model_dump(), "stray": 1})
+    pushed = PusherSettings.model_validate_json(c.pusher_settings("f").model_dump_json())
+    assert pushed.tflite is False and pushed.keep is None
+
+
+def test_builtin_data_names_its_labels_file():
+    c = make_config(root="/tmp/r")
+    assert c.data.labels_file == "/tmp/r/data/digits/labels.txt"
+    assert make_config(root="/tmp/r", data={"builtin": "digits", "labels_file": "/x/l.txt"}).data.labels_file == \
+        "/x/l.txt"
+
+
+def test_local_paths_made_absolute_at_load_remote_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.h5").write_bytes(b"")
+    c = load_config("demo", ["model.weights=w.h5", "data.schema_path=s/schema.pbtxt"])
+    here = str(tmp_path)
+    assert c.root == f"{here}/runs/demo" and c.pipeline_root == f"{here}/runs/demo/pipeline_root"
+    assert c.metadata_path == f"{here}/runs/demo/metadata.sqlite"
+    assert c.push.destination == f"{here}/runs/demo/serving"
+    assert c.data.labels_file == f"{here}/runs/demo/data/digits/labels.txt" == f"{c.data_dir}/labels.txt"
+    assert c.data.schema_path == f"{here}/s/schema.pbtxt" and c.model.weights == f"{here}/w.h5"
+    assert load_config("demo").model.weights == "none"
+    remote = load_config("kubeflow")
+    assert remote.root == "gs://YOUR_BUCKET/xfer" and remote.data.input_base.startswith("gs://")
+    assert load_config("local").data.input_base == os.path.join(here, "data/my_images")
 
 
 def test_help_explains_every_subcommand():

@@ -1,6 +1,5 @@
 """Bad data in the pipeline, for real: TFRecords from elsewhere with undecodable images,
 a curated schema that the data breaks, other feature keys, and scheduled spans."""
-import shutil
 
 import pytest
 
@@ -8,6 +7,7 @@ import xfer.components  # noqa: F401
 import tensorflow as tf
 
 from conftest import CONFIGS, xfer
+from xfer.pipeline.data.records import image_example
 
 pytestmark = pytest.mark.integration
 
@@ -20,14 +20,12 @@ def _copy(src_file, dst_file, *, keys=("image", "label"), corrupt=(), limit=None
         for i, raw in enumerate(tf.data.TFRecordDataset(str(src_file)).as_numpy_iterator()):
             if limit is not None and i >= limit:
                 break
-            ex = tf.train.Example.FromString(raw)
-            f = ex.features.feature
+            f = tf.train.Example.FromString(raw).features.feature
+            image = f["image"].bytes_list.value[0]
             if i in corrupt:
-                f["image"].bytes_list.value[0] = f["image"].bytes_list.value[0][:40]  # truncated PNG
-            out = tf.train.Example()
-            for k, v in f.items():
-                out.features.feature[{"image": keys[0], "label": keys[1]}.get(k, k)].CopyFrom(v)
-            w.write(out.SerializeToString())
+                image = image[:40]  # truncated PNG
+            w.write(image_example(image, f["label"].int64_list.value[0], image_key=keys[0],
+                                  label_key=keys[1], id=f["id"].bytes_list.value[0]))
             n += 1
     return n
 
@@ -117,7 +115,7 @@ def test_scheduled_run_picks_the_newest_span(tmp_path, cifar):
               limit=48)
     second = xfer("run", *config, "--to", "Trainer").stdout
     assert "cached base features of 48 train and 48 eval images" in second, second
-    from xfer.pipeline.summary import open_store
+    from xfer.pipeline.store import open_store
     store = open_store(str(tmp_path / "root" / "metadata.sqlite"))
     spans = {step: sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples")
                           if f"/{step}/" in a.uri) for step in ("ImportExampleGen", "DataCheck")}

@@ -7,15 +7,17 @@ the Trainer's cache key and not its math) and is blessed and pushed as version 2
 """
 import io
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
 
 from conftest import CONFIGS, read_examples, xfer
+from xfer.pipeline.store import find_run, open_store
+from xfer.pipeline.summary import summarize
 
 pytestmark = pytest.mark.integration
+NAME = "xfer-digits-test"
 
 
 @pytest.fixture(scope="module")
@@ -23,52 +25,79 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits-run")
     config = ["--config", str(CONFIGS / "digits_learn.yaml"), "--set", f"root={root}",
               "--set", "push.tflite=true"]
-    good = xfer("run", *config).stdout
-    worse = xfer("run", *config, "--set", "train.fine_tune.epochs=0", "--set", "train.transfer.epochs=1",
-                 "--set", "train.steps_per_epoch=1").stdout
-    again = xfer("run", *config, "--set", "data.num_classes=10").stdout
-    yield {"root": root, "config": config, "out": [good, worse, again]}
+    commands = {
+        "good": config,
+        "worse": [*config, "--set", "train.fine_tune.epochs=0", "--set", "train.transfer.epochs=1",
+                  "--set", "train.steps_per_epoch=1"],
+        "again": [*config, "--set", "data.num_classes=10"],
+    }
+    out, ids = {}, {}
+    for what, args in commands.items():
+        out[what] = xfer("run", *args).stdout
+        ids[what] = find_run(open_store(str(root / "metadata.sqlite")), NAME).name
+    yield {"root": root, "config": config, "out": out, "ids": ids}
     shutil.rmtree(root, ignore_errors=True)
 
 
+def summary_of(runs, what):
+    """The summary of the run that the command `what` made."""
+    return summarize(str(runs["root"] / "metadata.sqlite"), NAME, runs["ids"][what])
+
+
 def test_first_run_blessed_on_value_thresholds_alone_and_pushed_as_version_1(runs):
-    out = runs["out"][0]
+    good = summary_of(runs, "good")
+    assert good.blessing.blessed and good.blessing.baseline is None
+    assert good.pushed_version == "1" and good.pushed_new
+    assert good.pushed_to == str(runs["root"] / "serving" / "1")
+    assert good.blessing.candidate > 0.5, "the model must really learn, or threshold tests are noise"
+    out = runs["out"]["good"]
     assert "BLESSED: every threshold passed (first run: no blessed baseline" in out, out
     assert "not applied: no blessed baseline yet" in out
-    assert f"pushed to: {runs['root'] / 'serving' / '1'} (version 1)" in out
-    acc = float(out.split("eval accuracy: ")[1].split()[0])
-    assert acc > 0.5, "the model must really learn, or threshold tests are noise"
+    assert f"pushed to: {good.pushed_to} (version 1)" in out
 
 
 def test_worse_model_fails_the_change_threshold_and_pushes_nothing(runs):
-    out = runs["out"][1]
+    worse = summary_of(runs, "worse").blessing
+    assert not worse.blessed and worse.change_failed and not worse.value_failed
+    assert worse.baseline - worse.candidate > 0.1  # the drop beyond max_drop
+    assert summary_of(runs, "worse").pushed_to is None
+    out = runs["out"]["worse"]
     assert "NOT BLESSED" in out and "pushed: nothing" in out, out
-    row = next(line for line in out.splitlines() if "eval.max_drop" in line and "FAIL" in line)
-    cand, base = [float(x) for x in row.split(")")[1].split()[:2]]
-    assert base - cand > 0.1  # both values named, the drop beyond max_drop
+    row = next(line for line in out.splitlines() if "eval.max_drop" in line)
+    assert f"{worse.candidate:.4f}" in row and f"{worse.baseline:.4f}" in row and "FAIL" in row, row
     assert "sparse_categorical_accuracy change" in out
     from xfer.components.pusher import complete_versions
     assert complete_versions(str(runs["root"] / "serving")) == [1, 2]  # v2 comes from run 3
 
 
 def test_as_good_a_model_is_blessed_and_pushed_as_version_2(runs):
-    out = runs["out"][2]
+    again = summary_of(runs, "again")
+    assert again.blessing.blessed and again.blessing.baseline is not None
+    assert again.pushed_version == "2" and again.pushed_new
+    out = runs["out"]["again"]
     assert "\nBLESSED: every threshold passed" in out, out
     assert "(version 2)" in out, out
 
 
 def test_rerun_with_cached_trainer_creates_no_new_version(runs):
     out = xfer("run", *runs["config"], "--set", "data.num_classes=10").stdout
+    rerun = summarize(str(runs["root"] / "metadata.sqlite"), NAME)
+    assert rerun.states["Trainer"] == "cached"
+    assert rerun.pushed_version == "2" and not rerun.pushed_new
     assert "no new version; this model is already version 2" in out, out
     from xfer.components.pusher import complete_versions
     assert complete_versions(str(runs["root"] / "serving")) == [1, 2]
 
 
 def test_blessing_report_is_kept_with_the_run(runs):
-    reports = sorted((runs["root"] / "reports").glob("*/blessing.txt"))
-    assert len(reports) >= 3
-    text = reports[1].read_text()
-    assert "eval.max_drop" in text and "FAIL" in text
+    for what, run_id in runs["ids"].items():
+        out = runs["out"][what]
+        shown = out[out.index(f"run {run_id}\n"):out.index("\nblessing report: ")]
+        kept = runs["root"] / "reports" / run_id.replace(":", "-") / "blessing.txt"
+        assert f"blessing report: {kept}" in out
+        assert kept.read_text() == shown + "\n"  # what the user saw, as it was
+    worse = runs["out"]["worse"]
+    assert "eval.max_drop" in worse and "FAIL" in worse
 
 
 def test_predict_on_png_and_jpeg_matches_the_saved_model(runs, tmp_path):

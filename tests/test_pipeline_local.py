@@ -2,21 +2,25 @@
 
 Run 1 executes everything and pushes; run 2 (unchanged) takes everything up to the
 Trainer from cache and re-evaluates against run 1's blessed model; run 3 is all
-cache; a run with an unreachable threshold blesses nothing and pushes nothing.
+cache; a run with an unreachable threshold blesses nothing and pushes nothing. Each
+test reads the run a command made (its id in the metadata store), never a position
+in the run history.
 """
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, REPO, read_examples, xfer
+from conftest import CONFIGS, read_examples, xfer
 
 pytestmark = pytest.mark.integration
 
 UP_TO_TRAINER = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
                  "Transform", "Trainer"]
 AFTER_TRAINER = ["Evaluator", "Pusher"]
+NAME = "xfer-cifar-test"
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +28,48 @@ def runs(tmp_path_factory, cifar):
     root = tmp_path_factory.mktemp("cifar-run")
     config = ["--config", str(CONFIGS / "cifar_small.yaml"), "--set", f"root={root}",
               "--set", f"data.input_base={cifar}", "--set", f"data.labels_file={cifar / 'labels.txt'}"]
-    outputs = [xfer("run", *config).stdout for _ in range(3)]
-    failing = xfer("run", *config, "--set", "eval.min_accuracy=1.01",
-                   "--set", f"push.destination={root / 'serving-unreachable'}").stdout
-    partial = xfer("run", *config, "--from", "Trainer", "--to", "Evaluator").stdout
-    broken = xfer("run", *config, "--set", "data.labels_file=/nonexistent/labels.txt", check=False)
-    yield {"root": root, "config": config, "outputs": outputs, "failing": failing,
-           "partial": partial, "broken": broken}
+    commands = {
+        "first": (config, True), "second": (config, True), "third": (config, True),
+        "failing": ([*config, "--set", "eval.min_accuracy=1.01",
+                     "--set", f"push.destination={root / 'serving-unreachable'}"], True),
+        "partial": ([*config, "--from", "Trainer", "--to", "Evaluator"], True),
+        "broken": ([*config, "--set", "data.labels_file=/nonexistent/labels.txt"], False),
+    }
+    procs, ids = {}, {}
+    for what, (args, check) in commands.items():
+        procs[what] = xfer("run", *args, check=check)
+        ids[what] = newest_run_id(root)
+    yield {"root": root, "config": config, "ids": ids, "broken": procs.pop("broken"),
+           "out": {what: p.stdout for what, p in procs.items()}}
     shutil.rmtree(root, ignore_errors=True)
 
 
-def summaries(root):
-    from xfer.pipeline.summary import pipeline_runs, open_store, summarize
-    db = str(root / "metadata.sqlite")
-    ids = [r.name for r in pipeline_runs(open_store(db), "xfer-cifar-test")]
-    return [summarize(db, "xfer-cifar-test", run_id) for run_id in ids]
+def newest_run_id(root) -> str:
+    from xfer.pipeline.store import find_run, open_store
+    return find_run(open_store(str(root / "metadata.sqlite")), NAME).name
+
+
+def summary_of(runs, what):
+    """The summary of the run that the command `what` made."""
+    from xfer.pipeline.summary import summarize
+    return summarize(str(runs["root"] / "metadata.sqlite"), NAME, runs["ids"][what])
+
+
+def state_shown(text: str, component: str) -> str:
+    """The state printed beside a component, whatever the column padding."""
+    match = re.search(rf"^\s*{component}\s+(\w+)", text, re.M)
+    assert match, f"no line for {component} in:\n{text}"
+    return match.group(1)
 
 
 def test_first_run_executes_everything_blesses_and_pushes(runs):
-    first = summaries(runs["root"])[0]
+    first = summary_of(runs, "first")
     for component in UP_TO_TRAINER + AFTER_TRAINER:
         assert first.states[component] == "executed", first.states
     assert first.blessing.blessed and first.blessing.baseline is None
     assert first.pushed_to and os.path.isdir(first.pushed_to)
-    out = runs["outputs"][0]
+    assert first.pushed_version == "1" and first.pushed_new
+    out = runs["out"]["first"]
     assert "BLESSED" in out and "no blessed baseline yet" in out and "pushed to:" in out
     assert "eval accuracy:" in out and "total time:" in out
     for component in UP_TO_TRAINER + AFTER_TRAINER:  # a progress line per step, start and end
@@ -57,7 +79,7 @@ def test_first_run_executes_everything_blesses_and_pushes(runs):
 def test_pushed_model_classifies_raw_png_bytes(runs, cifar):
     import tensorflow as tf
 
-    pushed = summaries(runs["root"])[0].pushed_to
+    pushed = summary_of(runs, "first").pushed_to
     model = tf.saved_model.load(pushed)
     examples = read_examples(cifar / "test" / "cifar10_test.tfrecord")[:12]
     pngs = [e["image"][0] for e in examples]
@@ -70,70 +92,78 @@ def test_pushed_model_classifies_raw_png_bytes(runs, cifar):
     assert {n.decode() for n in out["class_name"].numpy()} <= set(labels)
     np.testing.assert_array_equal(out["class_id"].numpy(), probs.argmax(axis=1))
     # The tf.Example signature gives the same answer as the raw-bytes one.
-    import tensorflow as tf2
-    serialized = [tf2.train.Example(features=tf2.train.Features(feature={
-        "image": tf2.train.Feature(bytes_list=tf2.train.BytesList(value=[p]))})).SerializeToString()
-        for p in pngs]
+    from xfer.pipeline.data.records import image_example
+    serialized = [image_example(p) for p in pngs]
     by_example = model.signatures["serving_examples"](examples=tf.constant(serialized))
     np.testing.assert_allclose(by_example["probabilities"].numpy(), probs, atol=1e-6)
 
 
 def test_second_run_is_cached_up_to_the_trainer(runs):
-    second = summaries(runs["root"])[1]
+    second = summary_of(runs, "second")
     for component in UP_TO_TRAINER:
         assert second.states[component] == "cached", second.states
     # The resolver now returns run 1's blessed model as baseline: a new Evaluator input.
     assert second.states["Evaluator"] == "executed"
     assert second.blessing.baseline is not None
+    assert second.pushed_version == "1" and not second.pushed_new  # the same model: no new version
 
 
 def test_third_run_is_all_cached(runs):
-    third = summaries(runs["root"])[2]
+    third = summary_of(runs, "third")
     for component in UP_TO_TRAINER + AFTER_TRAINER:
         assert third.states[component] == "cached", third.states
-    assert "Trainer                     cached" in runs["outputs"][2]
+    assert state_shown(runs["out"]["third"], "Trainer") == "cached"
 
 
 def test_unreachable_threshold_blesses_nothing_and_pushes_nothing(runs):
-    failing = summaries(runs["root"])[3]
+    failing = summary_of(runs, "failing")
     assert failing.states["Trainer"] == "cached"
     assert failing.states["Evaluator"] == "executed"
-    assert not failing.blessing.blessed
+    assert not failing.blessing.blessed and failing.blessing.value_failed
     assert failing.pushed_to is None
     assert not os.path.exists(runs["root"] / "serving-unreachable") or \
         not os.listdir(runs["root"] / "serving-unreachable")
-    out = runs["failing"]
+    out = runs["out"]["failing"]
     assert "NOT BLESSED" in out and "eval.min_accuracy" in out and "1.01" in out
+    assert re.search(r"accuracy >= 1.01 \(eval.min_accuracy\) .* FAIL$", out, re.M), out
     assert "sparse_categorical_accuracy" in out and "pushed: nothing" in out
 
 
 def test_partial_run_executes_only_the_named_components_and_gives_a_model(runs):
     import tensorflow as tf
 
-    partial = summaries(runs["root"])[4]
+    partial = summary_of(runs, "partial")
     assert partial.states["Trainer"] == "executed" and partial.states["Evaluator"] == "executed"
     assert "Pusher" not in partial.states
     for component in UP_TO_TRAINER[:-1]:
         assert partial.states[component] == "cached", partial.states  # reused, not re-run
-    assert "[xfer] Trainer running" in runs["partial"] and "[xfer] Transform running" not in runs["partial"]
+    out = runs["out"]["partial"]
+    assert "[xfer] Trainer running" in out and "[xfer] Transform running" not in out
     model = tf.saved_model.load(os.path.join(partial.model_uri, "Format-Serving"))
     assert "serving_default" in model.signatures
 
 
 def test_runs_lists_every_run_with_cached_and_executed_flags(runs):
     out = xfer("runs", *runs["config"]).stdout
-    blocks = [b for b in out.split("\n2") if b.strip()]
-    assert len(blocks) == 6, out  # four full runs, one partial, one failed
-    first, third = blocks[0], blocks[2]
-    assert "Trainer                      executed" in first and "blessed" in first
-    assert "Trainer                      cached" in third and "Evaluator                    cached" in third
-    assert "not blessed" in blocks[3] and "failed" in blocks[5]
-    assert len([b for b in xfer("runs", *runs["config"], "--last", "2").stdout.split("\n2")
-                if b.strip()]) == 2
+    ids = runs["ids"]
+    blocks = {}  # run id -> its header and component lines
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            blocks[line.split()[0]] = []
+        blocks[next(reversed(blocks))].append(line)
+    assert list(blocks) == list(ids.values()), out  # oldest first: four full, one partial, one failed
+    text = {what: "\n".join(blocks[run_id]) for what, run_id in ids.items()}
+    assert state_shown(text["first"], "Trainer") == "executed" and " blessed " in text["first"]
+    assert state_shown(text["third"], "Trainer") == "cached"
+    assert state_shown(text["third"], "Evaluator") == "cached"
+    assert "not blessed" in text["failing"] and " failed " in text["broken"]
+    last_two = xfer("runs", *runs["config"], "--last", "2").stdout
+    assert [line.split()[0] for line in last_two.splitlines() if not line.startswith(" ")] == \
+        [ids["partial"], ids["broken"]]
 
 
 def test_show_prints_the_blessing_reason_of_a_failed_threshold(runs):
-    run_id = summaries(runs["root"])[3].run_id
+    run_id = runs["ids"]["failing"]
     out = xfer("show", *runs["config"], run_id, "Evaluator").stdout
     assert "NOT BLESSED" in out and "sparse_categorical_accuracy" in out and "1.01" in out
     assert "Trainer" not in out.split("Evaluator", 1)[1]  # only the asked component

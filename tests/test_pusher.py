@@ -1,9 +1,10 @@
-"""The versioned pusher at the filesystem level: numbered, atomic, no duplicates, keep."""
+"""The versioned pusher: numbered, atomic, no duplicates, keep; TFLite written into a
+version before it is visible."""
 import os
 
 import pytest
 
-import xfer.components  # noqa: F401
+import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from xfer.components import pusher
 from tfx.utils import io_utils
 
@@ -57,3 +58,76 @@ def test_interrupted_copy_leaves_no_visible_version(tmp_path, monkeypatch):
     monkeypatch.setattr(io_utils, "copy_dir", real_copy)
     assert pusher.push_version(fake_model(tmp_path, "m3"), "uri://3", base, keep=None)[0] == \
         os.path.join(base, "2")
+
+
+@pytest.mark.integration
+def test_tflite_is_written_into_the_version_before_it_is_visible(tmp_path, monkeypatch):
+    """push.tflite is the Pusher's: the version gets model.tflite (the same probabilities
+    as the trained Keras model) while still in staging, and turning it on for a model
+    already pushed makes a new version instead of changing the old one."""
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+    from tfx.proto import pusher_pb2
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+
+    from settings_helpers import make_config, small_model
+    from xfer.components.model import build_model
+
+    # VGG16: its CaffeNormalization layer must revive from the saved layer configs.
+    classifier, _ = build_model(small_model("vgg16", head={"dense": [8]}), 3)
+    model = standard_artifacts.Model()
+    model.uri = str(tmp_path / "model")
+    serving = tmp_path / "model" / "Format-Serving"
+    classifier.save(str(serving), save_format="tf", save_traces=False)  # as the Trainer saves
+    (serving / "assets.extra").mkdir()
+    (serving / "assets.extra" / "labels.txt").write_text("a\nb\nc\n")
+    base = tmp_path / "serving"
+    assert pusher.push_version(str(serving), model.uri, str(base), keep=None) == (str(base / "1"), True)
+
+    seen = []
+    real_write = pusher.write_tflite
+
+    def write_and_look(model_path, version_dir):
+        path = real_write(model_path, version_dir)
+        seen.append((os.path.basename(version_dir), sorted(os.listdir(base)),
+                     os.path.exists(os.path.join(version_dir, pusher.COMPLETE_MARKER))))
+        return path
+
+    monkeypatch.setattr(pusher, "write_tflite", write_and_look)
+
+    def push():
+        blessing = standard_artifacts.ModelBlessing()
+        blessing.uri = str(tmp_path / "blessing")
+        blessing.set_int_custom_property("blessed", 1)
+        pushed = standard_artifacts.PushedModel()
+        pushed.uri = str(tmp_path / "pushed")
+        settings = make_config(push={"tflite": True}).pusher_settings(code_fingerprint="test")
+        pusher.Executor().Do(
+            {"model": [model], "model_blessing": [blessing]}, {"pushed_model": [pushed]},
+            {"push_destination": proto_utils.proto_to_json(pusher_pb2.PushDestination(
+                filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(base)))),
+             "custom_config": json.dumps(settings.model_dump(mode="json"))})
+        return pushed
+
+    pushed = push()
+    assert pushed.get_string_custom_property("pushed_destination") == str(base / "2")
+    (name, visible, complete), = seen
+    assert name.startswith(".staging-2-") and visible == sorted(["1", name]) and not complete
+    version = base / "2"
+    assert (version / "assets.extra" / "labels.txt").read_text() == "a\nb\nc\n"
+    assert not (base / "1" / "assets.extra" / "model.tflite").exists()
+    interpreter = tf.lite.Interpreter(model_path=str(version / "assets.extra" / "model.tflite"))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert list(inp["shape"]) == [1, 32, 32, 3]
+    for x in np.random.default_rng(0).uniform(0, 255, (3, 1, 32, 32, 3)).astype(np.float32):
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(out["index"]), classifier(x).numpy(), atol=1e-4)
+
+    # The same model and the same export again: no new version, no new TFLite.
+    assert push().get_int_custom_property("new_version") == 0 and len(seen) == 1
+    assert pusher.complete_versions(str(base)) == [1, 2]

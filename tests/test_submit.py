@@ -99,6 +99,18 @@ def test_kubeflow_submit_sends_the_compiled_spec_as_a_run(server):
     assert _images(spec) == {IMAGE}
     assert {"Trainer", "Evaluator", "Pusher", "DataCheck"} <= set(spec["root"]["dag"]["tasks"])
     assert run["runtime_config"]["pipeline_root"] == "gs://bucket/xfer/root"
+    # What the open-source API server accepts (apiserver/template/v2_template.go, argocompiler/dag.go).
+    assert spec["schemaVersion"] == "2.1.0"
+    assert not any("resolver" in e for e in spec["deploymentSpec"]["executors"].values())
+    _compiled_caching_kept(spec)
+
+
+def _compiled_caching_kept(spec):
+    """Submit leaves each task's compiled caching alone: the steps that read a new span
+    or the served model stay uncached, the rest follow config.enable_cache."""
+    caching = {n: t.get("cachingOptions", {}).get("enableCache", False)
+               for n, t in spec["root"]["dag"]["tasks"].items()}
+    assert {n for n, on in caching.items() if not on} == {"ImportExampleGen", "ServedBaseline"}, caching
 
 
 def test_kubeflow_schedule_is_a_recurring_run_with_a_six_field_cron(server):
@@ -124,8 +136,9 @@ def test_vertex_submit_and_schedule(server):
     assert body["labels"] == {"app": "xfer", "pipeline": "xfer-nightly"}
     assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/xfer/root"
     assert _images(body["pipelineSpec"]) == {IMAGE}
-    tasks = body["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert all(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+    # The same spec as Kubeflow gets.
+    assert body["pipelineSpec"]["schemaVersion"] == "2.1.0"
+    _compiled_caching_kept(body["pipelineSpec"])
 
     out = xfer("schedule", *CONFIG, *vertex, "--cron", "0 3 * * *").stdout
     sched = next(c for c in calls if c["path"].endswith("/schedules"))["body"]

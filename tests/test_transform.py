@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import xfer.components  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
+import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
+from settings_helpers import make_config
 from xfer.components.transform import decode_images, preprocessing_fn
 
 
@@ -36,7 +37,8 @@ def test_colors_survive_decoding():
 def test_preprocessing_fn_shapes_and_string_labels_pass_through_int():
     inputs = {"img": tf.constant([[encode("RGB", "PNG")], [encode("L", "JPEG")]]),
               "y": tf.constant([[3], [1]], tf.int64)}
-    out = preprocessing_fn(inputs, {"data": {"image_key": "img", "label_key": "y"},
-                                    "model": {"image_size": 24}})
-    assert out["image"].shape == (2, 24, 24, 3)
+    settings = make_config(data={"builtin": "digits", "image_key": "img", "label_key": "y"},
+                           model={"image_size": 40}).transform_settings(code_fingerprint="test")
+    out = preprocessing_fn(inputs, settings.model_dump(mode="json"))
+    assert out["image"].shape == (2, 40, 40, 3)
     assert out["label"].numpy().tolist() == [3, 1]

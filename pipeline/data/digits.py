@@ -15,17 +15,6 @@ SIZE = 32  # the 8x8 scans, upscaled so that VGG16 (32 px minimum) accepts them
 EVAL_PERCENT = 20
 
 
-def _example(png: bytes, label: int, example_id: str) -> bytes:
-    import tensorflow as tf
-
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode()])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 def _split_of(example_id: str) -> str:
     bucket = int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 100
     return "eval" if bucket < EVAL_PERCENT else "train"
@@ -49,6 +38,9 @@ def ensure_digits(out_dir: str) -> str:
     """Write `out_dir/{train,eval}/digits.tfrecord` and `labels.txt` unless already there."""
     import tensorflow as tf
 
+    from xfer.components.labels import write_labels_file
+    from xfer.pipeline.data.records import image_example
+
     if os.path.exists(os.path.join(out_dir, "labels.txt")):
         return out_dir
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -57,11 +49,10 @@ def ensure_digits(out_dir: str) -> str:
     writers = {s: tf.io.TFRecordWriter(os.path.join(tmp, s, "digits.tfrecord"))
                for s in ("train", "eval") if not os.makedirs(os.path.join(tmp, s))}
     for example_id, png, label in digits_pngs():
-        writers[_split_of(example_id)].write(_example(png, label, example_id))
+        writers[_split_of(example_id)].write(image_example(png, label, id=example_id))
     for w in writers.values():
         w.close()
-    with open(os.path.join(tmp, "labels.txt"), "w") as f:
-        f.write("".join(f"{d}\n" for d in range(10)))
+    write_labels_file(os.path.join(tmp, "labels.txt"), [str(d) for d in range(10)])
     if os.path.exists(out_dir):  # a half-written folder from an interrupted first use
         shutil.rmtree(out_dir)
     os.rename(tmp, out_dir)  # readers see all of it or none of it

@@ -207,20 +207,6 @@ def _reencode(img) -> bytes:
     return buf.getvalue()
 
 
-def _example(r: Result) -> bytes:
-    import tensorflow as tf
-
-    def b(v):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-
-    def i(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-
-    feature = {"image": b(r.image), "label": i(r.label), "filename": b(r.rel),
-               "height": i(r.height), "width": i(r.width)}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 def _shard_of(rel: bytes, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(b"shard:" + rel).digest()[:8], "big") % shards
 
@@ -229,6 +215,8 @@ def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: 
                   max_pixels: int = DEFAULT_MAX_PIXELS, workers: Optional[int] = None,
                   progress: Optional[Callable[[int, int], None]] = None) -> Manifest:
     import tensorflow as tf
+
+    from xfer.pipeline.data.records import image_example
 
     ratios = ratios or {"train": 0.8, "eval": 0.2}
     srcb = os.fsencode(os.path.abspath(src))
@@ -257,7 +245,8 @@ def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: 
                 manifest.rejected.append({"path": _name(r.rel), "reason": r.reason})
             else:
                 key = (r.split, _shard_of(r.rel, n_shards[r.split]))
-                writers[key].write(_example(r))
+                writers[key].write(image_example(r.image, r.label, filename=r.rel,
+                                                 height=r.height, width=r.width))
                 written[key] += 1
                 counts[r.split][classes[r.label]] += 1
                 if r.converted:
@@ -276,8 +265,9 @@ def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: 
                                 "examples": written[key], "sha256": digest})
     manifest.counts = counts
     manifest.rejected.sort(key=lambda r: r["path"])
-    with open(os.path.join(out, "labels.txt"), "w") as f:
-        f.write("".join(f"{c}\n" for c in classes))
+    # Imported after the decoding pool has forked: its workers need no TFT.
+    from xfer.components.labels import write_labels_file
+    write_labels_file(os.path.join(out, "labels.txt"), classes)
     if len(classes) >= 2:
         from xfer.pipeline.data.schema import write_schema
         write_schema(os.path.join(out, "schema.pbtxt"), num_classes=len(classes))

@@ -1,57 +1,13 @@
-"""Readable views of a run's artifacts, for `xfer runs` and `xfer show`."""
+"""Readable views of a run's artifacts, for `xfer show`: statistics, schema, anomalies,
+the transform's output, training curves, TFMA metrics and the blessing, the push."""
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from typing import Optional
 
-from xfer.pipeline.summary import (_node_of, _outputs, open_store, pipeline_runs, read_blessing,
-                              summarize)
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = None) -> str:
-    store = open_store(metadata_path)
-    runs = pipeline_runs(store, pipeline_name)
-    if last:
-        runs = runs[-last:]
-    lines = []
-    for run in runs:
-        s = summarize(metadata_path, pipeline_name, run.name)
-        b = s.blessing
-        acc = f"{b.candidate:.4f}" if b and b.candidate is not None else "-"
-        status = "failed" if "failed" in s.states.values() else (
-            "running" if "running" in s.states.values() else "complete")
-        lines.append(f"{s.run_id}  started {_when(s.started_ms) if s.started_ms else '-'}  "
-                     f"{status}  accuracy {acc}  "
-                     f"{'blessed' if b and b.blessed else 'not blessed' if b else 'not evaluated'}  "
-                     f"pushed {s.pushed_version or '-'}")
-        for component, state in s.states.items():
-            seconds = s.durations.get(component)
-            lines.append(f"    {component:<28} {state:<9} {seconds:7.1f}s" if seconds is not None
-                         else f"    {component:<28} {state}")
-    return "\n".join(lines) if lines else f"no runs of '{pipeline_name}' yet"
-
-
-def run_artifacts(metadata_path: str, pipeline_name: str, run_id: str) -> dict[str, list]:
-    """component -> [(artifact type name, artifact)] for the run's outputs."""
-    store = open_store(metadata_path)
-    run = next((r for r in pipeline_runs(store, pipeline_name) if r.name == run_id), None)
-    if run is None:
-        raise LookupError(f"no run '{run_id}' of '{pipeline_name}'; `xfer runs` lists them")
-    out: dict[str, list] = {}
-    for ex in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
-        node = _node_of(store, ex.id, pipeline_name)
-        if node is None:
-            continue
-        out.setdefault(node, [])
-        for a in _outputs(store, ex.id):
-            out[node].append((store.get_artifact_types_by_id([a.type_id])[0].name, a))
-    return out
+from xfer.pipeline import store as mlmd
+from xfer.pipeline.blessing import read_blessing
 
 
 def _splits(uri: str) -> list[str]:
@@ -141,19 +97,14 @@ def view_schema(uri: str) -> list[str]:
 
 
 def view_anomalies(uri: str) -> list[str]:
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
-    import tensorflow as tf
+    from xfer.components.data_check import read_anomalies
 
     lines = []
-    for split in _splits(uri):
-        path = os.path.join(uri, split, "SchemaDiff.pb")
-        anomalies = anomalies_pb2.Anomalies()
-        anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
-        if not anomalies.anomaly_info:
-            lines.append(f"  {split.removeprefix('Split-')}: no anomalies")
-        for feature, info in anomalies.anomaly_info.items():
-            lines.append(f"  {split.removeprefix('Split-')}: {feature}: {info.short_description} "
-                         f"({info.description})")
+    for split, found in read_anomalies(uri).items():
+        if not found:
+            lines.append(f"  {split}: no anomalies")
+        for feature, info in found.items():
+            lines.append(f"  {split}: {feature}: {info.short_description} ({info.description})")
     return lines
 
 
@@ -232,14 +183,30 @@ def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
             lines.append(f"  [{where}] {model} {kv.key.name}{diff}: {kv.value.double_value.value:.4f}")
     lines += confusion_lines(uri)
     b = read_blessing(uri, bool(blessed))
-    lines.append(f"  {'BLESSED' if blessed else 'NOT BLESSED'}"
+    lines.append(f"  {'BLESSED' if b.blessed else 'NOT BLESSED'}"
                  + (": " + "; ".join(b.failures) if b.failures else ": every threshold passed"))
     return lines
 
 
+def run_artifacts(metadata_path: str, pipeline_name: str, run_id: Optional[str]) -> tuple[str, dict]:
+    """(run id, {component: [(artifact type name, artifact)]}) for a run's outputs;
+    run_id 'latest' (or None) is the newest run."""
+    store = mlmd.open_store(metadata_path)
+    run = mlmd.find_run(store, pipeline_name, run_id)
+    out: dict[str, list] = {}
+    for node, ex in mlmd.step_executions(store, run, pipeline_name):
+        out.setdefault(node, []).extend(mlmd.output_artifacts(store, ex.id))
+    return run.name, out
+
+
+VIEWS = {"ExampleStatistics": view_statistics, "Schema": view_schema,
+         "ExampleAnomalies": view_anomalies, "TransformGraph": view_transform,
+         "ModelRun": view_model_run}
+
+
 def format_show(metadata_path: str, pipeline_name: str, run_id: str,
                 component: Optional[str] = None, label_key: str = "label") -> str:
-    artifacts = run_artifacts(metadata_path, pipeline_name, run_id)
+    run_id, artifacts = run_artifacts(metadata_path, pipeline_name, run_id)
     if component and component not in artifacts:
         raise LookupError(f"run '{run_id}' has no component '{component}'; it has: "
                           f"{', '.join(artifacts)}")
@@ -248,22 +215,17 @@ def format_show(metadata_path: str, pipeline_name: str, run_id: str,
         if component and node != component:
             continue
         lines.append(f"{node}")
-        blessed = next((bool(a.custom_properties["blessed"].int_value) for t, a in arts
-                        if t == "ModelBlessing" and "blessed" in a.custom_properties), None)
+        blessed = next((bool(mlmd.custom_property(a, "blessed")) for t, a in arts
+                        if t == "ModelBlessing" and mlmd.custom_property(a, "blessed") is not None), None)
         for type_name, a in arts:
             lines.append(f"  {type_name}: {a.uri}")
-            views = {"ExampleStatistics": view_statistics, "Schema": view_schema,
-                     "ExampleAnomalies": view_anomalies, "TransformGraph": view_transform,
-                     "ModelRun": view_model_run}
             if type_name == "Examples" and node == "ImportExampleGen":
                 lines += ["  " + line for line in label_distribution(a.uri, label_key)]
-            elif type_name in views:
-                lines += ["  " + line for line in views[type_name](a.uri)]
+            elif type_name in VIEWS:
+                lines += ["  " + line for line in VIEWS[type_name](a.uri)]
             elif type_name == "ModelEvaluation":
                 lines += ["  " + line for line in view_evaluation(a.uri, blessed)]
             elif type_name == "PushedModel":
-                pushed = a.custom_properties.get("pushed")
-                dest = a.custom_properties.get("pushed_destination")
-                lines.append(f"    pushed to {dest.string_value}" if pushed and pushed.int_value
-                             else "    nothing pushed (model not blessed)")
+                lines.append(f"    pushed to {mlmd.custom_property(a, 'pushed_destination')}"
+                             if mlmd.custom_property(a, "pushed") else "    nothing pushed (model not blessed)")
     return "\n".join(lines)

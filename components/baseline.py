@@ -1,0 +1,75 @@
+"""The Evaluator's baseline: the model being served now, read at run time by a step.
+
+TFX's way is a Resolver node (LatestBlessedModelStrategy) answered by the orchestrator
+from its metadata store. The open-source Kubeflow Pipelines backend refuses resolver
+executors ("resolver executors not implemented", kubeflow/pipelines
+backend/src/v2/compiler/argocompiler/dag.go), so the baseline is instead whatever a
+model server would load: the newest complete version under `push.destination`. The
+same step runs on every runner, so "baseline" means the same thing everywhere, and a
+model pushed by hand or by another pipeline counts too.
+
+The step copies that version into its output Model artifact (`Format-Serving`, the
+layout the Evaluator reads). With nothing served yet the artifact stays empty and the
+Evaluator judges the candidate on value thresholds alone (components/evaluator.py).
+It must never come from a cache: the runners switch caching off for this node.
+"""
+
+import os
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from xfer.components.pusher import COMPLETE_MARKER, SOURCE_FILE, latest_version_dir
+
+SERVING_DIR = "Format-Serving"  # tfx.utils.path_utils.serving_model_dir's folder name
+# Custom properties of the baseline artifact, read by the run summary.
+SERVED_VERSION = "served_version"   # 0: nothing served
+SERVED_PATH = "served_path"
+
+
+def has_baseline(model_uri: str) -> bool:
+    """Whether a baseline artifact holds a model (the step found a served version)."""
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(os.path.join(model_uri, SERVING_DIR, "saved_model.pb"))
+
+
+def copy_tree(src: str, dst: str, skip: tuple = ()) -> None:
+    """A folder copied with tf.io.gfile (local or gs://), files only: no zero-byte
+    "directory" objects are written on object stores (kubeflow/pipelines#13476)."""
+    import tensorflow as tf
+
+    for folder, _, files in tf.io.gfile.walk(src):
+        rel = os.path.relpath(folder, src)
+        for name in files:
+            if rel == "." and name in skip:
+                continue
+            target = os.path.normpath(os.path.join(dst, rel, name))
+            if "://" not in target:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            tf.io.gfile.copy(os.path.join(folder, name), target, overwrite=True)
+
+
+@component
+def ServedBaseline(
+    candidate: InputArtifact[standard_artifacts.Model],
+    baseline: OutputArtifact[standard_artifacts.Model],
+    push_destination: Parameter[str],
+    run_nonce: Parameter[str] = "",
+) -> None:
+    # `candidate` is not read: it orders this step after the Trainer, so the baseline is
+    # what is served when the candidate is judged, even after hours of training.
+    # `run_nonce` is {{$.pipeline_job_uuid}} on Kubeflow / Vertex: a cache key that
+    # differs every run, whatever caching a submit asks for.
+    del candidate, run_nonce
+    served = latest_version_dir(push_destination)
+    if served is None:
+        baseline.set_int_custom_property(SERVED_VERSION, 0)
+        print(f"[xfer] baseline: nothing served under {push_destination} yet; the candidate is "
+              f"judged on value thresholds alone", flush=True)
+        return
+    copy_tree(served, os.path.join(baseline.uri, SERVING_DIR), skip=(COMPLETE_MARKER, SOURCE_FILE))
+    baseline.set_int_custom_property(SERVED_VERSION, int(os.path.basename(served.rstrip("/"))))
+    baseline.set_string_custom_property(SERVED_PATH, served)
+    print(f"[xfer] baseline: the served model, version {os.path.basename(served)} ({served})", flush=True)

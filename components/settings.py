@@ -1,0 +1,353 @@
+"""The settings schema: every key a config may hold, and the part of it each step gets.
+
+No TensorFlow here: the CLI validates a config before any heavy import, and each step
+re-validates its own settings class from its `custom_config` with these same classes,
+so the code inside a step reads typed attributes, never nested dicts.
+"""
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Backbone(NamedTuple):
+    keras_class: str
+    # As Keras' preprocess_input modes: caffe = RGB to BGR minus the ImageNet means,
+    # tf = [-1, 1]; none: the network normalizes inside its own graph and takes [0, 255].
+    normalization: Literal["caffe", "tf", "none"]
+    min_size: int
+    takes_alpha: bool = False
+
+
+# The one list of backbones (tf.keras.applications without the top): the config's allowed
+# values, the model builder (components/backbones.py) and `xfer weights fetch --backbone`
+# all read it, so adding a backbone is one line here.
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone("VGG16", "caffe", 32),
+    "mobilenet_v2": Backbone("MobileNetV2", "tf", 32, takes_alpha=True),
+    "resnet50": Backbone("ResNet50", "caffe", 32),
+    "efficientnet_b0": Backbone("EfficientNetB0", "none", 32),
+}
+BackboneName = Literal[tuple(BACKBONES)]
+
+StrategyKind = Literal["auto", "tpu", "multi_worker", "mirrored", "default"]
+Optimizer = Literal["adam", "rmsprop", "sgd"]
+
+
+class DataConfig(_Strict):
+    builtin: Optional[Literal["digits"]] = Field(
+        None, description="An embedded dataset, made into TFRecords at first use (offline).")
+    input_base: Optional[str] = Field(
+        None, description="Folder (local or gs://) holding the TFRecords of tf.Example.")
+    splits: dict[str, str] = Field(
+        default_factory=dict,
+        description="Split name -> file pattern under input_base, e.g. {train: 'train/*', eval: 'eval/*'}. "
+                    "Empty: one input, hash-split by `hash_buckets`.")
+    pattern: str = Field("*", description="File pattern under input_base when `splits` is empty.")
+    hash_buckets: dict[str, int] = Field(
+        default_factory=lambda: {"train": 4, "eval": 1},
+        description="Hash-split ratios used when `splits` is empty.")
+    image_key: str = "image"
+    label_key: str = "label"
+    labels_file: Optional[str] = Field(
+        None, description="labels.txt, one class name per line, line i naming label i "
+                          "(with `builtin`, the embedded dataset's).")
+    num_classes: Optional[int] = Field(None, ge=2)
+    schema_path: Optional[str] = Field(
+        None, description="A curated schema.pbtxt imported with ImportSchemaGen; SchemaGen infers one if unset.")
+    on_anomaly: Literal["fail", "warn"] = Field(
+        "fail", description="ExampleValidator anomalies stop the run before Transform (fail) or are "
+                            "printed and the run goes on (warn).")
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "fail", description="A record whose image does not decode stops the run, naming it (fail), "
+                            "or is dropped and counted (skip).")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.builtin is None and self.input_base is None:
+            raise ValueError("data needs either `builtin: digits` or `input_base: <folder of TFRecords>`")
+        if self.builtin is not None and self.input_base is not None:
+            raise ValueError("data.builtin and data.input_base are exclusive; set one")
+        if not self.splits and not ({"train", "eval"} <= set(self.hash_buckets)):
+            raise ValueError("data.hash_buckets must name the splits 'train' and 'eval'")
+        if self.splits and not ({"train", "eval"} <= set(self.splits)):
+            raise ValueError(f"data.splits must name 'train' and 'eval'; got {sorted(self.splits)}")
+        return self
+
+
+class HeadConfig(_Strict):
+    pooling: Literal["avg", "max", "flatten"] = "avg"
+    dense: list[int] = Field(default_factory=list, description="Units of hidden Dense layers, in order.")
+    activation: str = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ModelConfig(_Strict):
+    backbone: BackboneName = "mobilenet_v2"
+    weights: str = Field("imagenet", description="imagenet | none | path to a weights file (local or gs://)")
+    alpha: float = Field(1.0, gt=0.0, description="MobileNetV2 width multiplier.")
+    image_size: int = Field(224, ge=1)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @model_validator(mode="after")
+    def _size_fits_backbone(self):
+        minimum = BACKBONES[self.backbone].min_size
+        if self.image_size < minimum:
+            raise ValueError(f"image_size {self.image_size} is below {self.backbone}'s minimum of "
+                             f"{minimum} px; set model.image_size to {minimum} or more")
+        return self
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = Field("val_loss", description="A logged metric, e.g. val_loss or val_accuracy.")
+    patience: int = Field(2, ge=0, description="Epochs without improvement before the phase stops.")
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best_weights: bool = True
+
+
+class TransferConfig(_Strict):
+    epochs: int = Field(3, ge=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Optimizer = "adam"
+    early_stopping: Optional[EarlyStoppingConfig] = Field(
+        None, description="Stop phase 1 when `monitor` stops improving (null: run every epoch).")
+    cache_features: Literal["auto", "on", "off"] = Field(
+        "auto", description="Train phase 1 on the frozen base's features, computed once "
+                            "(auto: when phase 1 has no augmentation).")
+
+    @field_validator("cache_features", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
+class FineTuneConfig(_Strict):
+    enabled: bool = True
+    epochs: int = Field(3, ge=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    optimizer: Optimizer = "adam"
+    from_layer: Optional[str] = Field(
+        None, description="Unfreeze the base from this layer on (e.g. block5_conv1).")
+    fraction: float = Field(0.2, gt=0.0, le=1.0, description="Else unfreeze this top fraction of base layers.")
+    early_stopping: Optional[EarlyStoppingConfig] = Field(
+        None, description="Stop phase 2 when `monitor` stops improving (null: run every epoch).")
+
+
+class AugmentConfig(_Strict):
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    rotation: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of a full turn (40 degrees ~ 0.11).")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    translation: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+
+    def any(self) -> bool:
+        return any(v for v in self.model_dump().values())
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Default: one pass over the train split.")
+    shuffle_buffer: int = Field(1024, ge=1)
+    seed: int = 42
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    strategy: StrategyKind = Field(
+        "auto", description="auto: TPU if configured or found, multi-worker if TF_CONFIG names "
+                            "several workers, mirrored if several GPUs, else default.")
+    tpu: Optional[str] = Field(None, description="TPU name or grpc:// address ('local' on a TPU VM).")
+    devices: Optional[list[str]] = Field(
+        None, description="Devices for the mirrored strategy (default: all GPUs).")
+    mixed_precision: Literal["auto", "off", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto", description="auto: mixed_bfloat16 on TPU, mixed_float16 on GPU, off on CPU.")
+    steps_per_execution: int = Field(1, ge=1, description="Batches per compiled call (TPUs want many).")
+    resume: bool = Field(
+        True, description="Back up training state every epoch and resume from it when a killed "
+                          "Trainer is re-run with the same inputs.")
+    reports: bool = Field(True, description="Curves, confusion matrix and an image grid as PNG, "
+                                            "and TensorBoard logs, in the model run folder.")
+
+    @model_validator(mode="after")
+    def _cache_needs_plain_phase1(self):
+        if self.transfer.cache_features == "on" and self.augment.any():
+            raise ValueError(
+                "transfer.cache_features is 'on' but train.augment is set: cached features are "
+                "computed once, so phase 1 would never see an augmented image; set "
+                "cache_features to auto (cache only without augmentation) or off, or drop augment")
+        return self
+
+
+class EvalConfig(_Strict):
+    min_accuracy: Optional[float] = Field(
+        0.0, description="Bless only when eval accuracy >= this (null: no value threshold).")
+    max_drop: Optional[float] = Field(
+        0.0, ge=0.0,
+        description="Bless only when accuracy is at most this much below the latest blessed model "
+                    "(absolute; null: no change threshold).")
+
+    max_drop_relative: Optional[float] = Field(
+        None, ge=0.0, description="Also (or instead) a relative drop, e.g. 0.02 = 2% of the baseline.")
+    top_k: int = Field(3, ge=2, description="Also report top-k accuracy.")
+
+    @model_validator(mode="after")
+    def _some_threshold(self):
+        if self.min_accuracy is None and self.max_drop is None and self.max_drop_relative is None:
+            # TFMA writes no blessing at all without a threshold, so the Pusher would never push.
+            raise ValueError("eval needs at least one of min_accuracy, max_drop or max_drop_relative")
+        return self
+
+
+class ModelRegistryConfig(_Strict):
+    project: str
+    region: str
+    display_name: str
+    serving_container_image: str = Field(
+        description="e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-16:latest")
+    parent_model: Optional[str] = Field(None, description="Register as a new version of this model.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class PushConfig(_Strict):
+    destination: Optional[str] = Field(None, description="Default: <root>/serving.")
+    keep: Optional[int] = Field(None, ge=1, description="Versions to keep (oldest removed); null: all.")
+    tflite: bool = Field(False, description="Also export the same model as TFLite (model.tflite + labels.txt).")
+    vertex_model_registry: Optional[ModelRegistryConfig] = Field(
+        None, description="Also register each new version in the Vertex AI Model Registry (gs:// destination).")
+
+
+class ResourcesConfig(_Strict):
+    cpu: Optional[float] = Field(None, gt=0, description="vCPU limit.")
+    memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit in GB.")
+    accelerator: Optional[str] = Field(
+        None, description="e.g. NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3 (Vertex/KFP accelerator type).")
+    accelerator_count: int = Field(1, ge=1)
+
+
+class DataflowConfig(_Strict):
+    """The heavy Beam steps on Dataflow, in the project image."""
+    project: str
+    region: str
+    temp_location: str = Field(description="gs:// folder for Dataflow's temporary files.")
+    machine_type: Optional[str] = None
+    max_num_workers: Optional[int] = Field(None, ge=1)
+
+    def args(self, image: str) -> list[str]:
+        a = ["--runner=DataflowRunner", f"--project={self.project}", f"--region={self.region}",
+             f"--temp_location={self.temp_location}", f"--sdk_container_image={image}",
+             "--experiments=use_runner_v2"]
+        if self.machine_type:
+            a.append(f"--machine_type={self.machine_type}")
+        if self.max_num_workers:
+            a.append(f"--max_num_workers={self.max_num_workers}")
+        return a
+
+
+class VertexTrainingConfig(_Strict):
+    """Run the Trainer as a Vertex AI custom job (tfx.extensions.google_cloud_ai_platform)."""
+    project: str
+    region: str
+    machine_type: str = "n1-standard-8"
+    accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4")
+    accelerator_count: int = Field(1, ge=1)
+    replica_count: int = Field(1, ge=1)
+
+
+class KubeflowConfig(_Strict):
+    image: Optional[str] = Field(None, description="The project's container image every step runs in.")
+    resources: dict[str, ResourcesConfig] = Field(
+        default_factory=dict, description="Per component (by name, e.g. Trainer): CPU, memory, accelerator.")
+    dataflow: Optional[DataflowConfig] = Field(
+        None, description="Run ImportExampleGen, StatisticsGen, DataCheck, Transform and Evaluator on Dataflow.")
+    vertex_training: Optional[VertexTrainingConfig] = Field(
+        None, description="Run the Trainer as a Vertex AI custom job.")
+
+
+# --- what each step receives ---------------------------------------------------------
+# Each step's custom_config is one of these, dumped to JSON by the pipeline and validated
+# again inside the step. It is part of TFX's cache key, so it holds only what the step
+# uses: changing an eval threshold or an export option must not retrain the model.
+
+class _StepSettings(_Strict):
+    # TFX fingerprints a module_file but not step code referenced by import path; this
+    # hash of components/*.py makes an edited step re-run instead of coming from cache.
+    code_fingerprint: str
+
+
+class TransformSettings(_StepSettings):
+    image_key: str
+    label_key: str
+    image_size: int = Field(ge=1)
+
+
+class TrainerSettings(_StepSettings):
+    # The Vertex AI Trainer merges its own ai_platform_* keys into custom_config, and
+    # run_fn receives them too: ignore what is not ours.
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    image_key: str
+    labels_file: Optional[str]
+    num_classes: Optional[int]
+    model: ModelConfig
+    train: TrainConfig
+
+
+class PusherSettings(_StepSettings):
+    keep: Optional[int]
+    tflite: bool
+    vertex_model_registry: Optional[ModelRegistryConfig]
+
+
+class Config(_Strict):
+    name: str = Field("xfer", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    root: str = Field("runs/xfer", description="Local working folder; other paths default under it.")
+    pipeline_root: Optional[str] = None
+    metadata_path: Optional[str] = None
+    enable_cache: bool = True
+    beam_pipeline_args: list[str] = Field(default_factory=lambda: ["--direct_running_mode=in_memory"])
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
+    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+
+    @model_validator(mode="after")
+    def _fill_paths(self):
+        base = self.root.rstrip("/")
+        if self.pipeline_root is None:
+            self.pipeline_root = f"{base}/pipeline_root"
+        if self.metadata_path is None:
+            self.metadata_path = f"{base}/metadata.sqlite"
+        if self.push.destination is None:
+            self.push.destination = f"{base}/serving"
+        if self.data.builtin and self.data.labels_file is None:
+            self.data.labels_file = f"{self.data_dir}/labels.txt"
+        return self
+
+    @property
+    def data_dir(self) -> str:
+        """Where the TFRecords are: input_base, or the embedded dataset's folder."""
+        if self.data.builtin:
+            return f"{self.root.rstrip('/')}/data/{self.data.builtin}"
+        return self.data.input_base
+
+    def transform_settings(self, code_fingerprint: str) -> TransformSettings:
+        return TransformSettings(code_fingerprint=code_fingerprint, image_key=self.data.image_key,
+                                 label_key=self.data.label_key, image_size=self.model.image_size)
+
+    def trainer_settings(self, code_fingerprint: str) -> TrainerSettings:
+        return TrainerSettings(code_fingerprint=code_fingerprint, image_key=self.data.image_key,
+                               labels_file=self.data.labels_file, num_classes=self.data.num_classes,
+                               model=self.model.model_copy(deep=True), train=self.train.model_copy(deep=True))
+
+    def pusher_settings(self, code_fingerprint: str) -> PusherSettings:
+        registry = self.push.vertex_model_registry
+        return PusherSettings(code_fingerprint=code_fingerprint, keep=self.push.keep, tflite=self.push.tflite,
+                              vertex_model_registry=registry.model_copy(deep=True) if registry else None)

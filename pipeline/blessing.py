@@ -1,0 +1,121 @@
+"""The blessing and its report, read from the Evaluator's TFMA output.
+
+Pass or FAIL of each threshold is TFMA's verdict (its validation result), never
+recomputed here: a second copy of the rule, with its own tolerance, could call a
+model that TFMA refused a pass. The values shown come from TFMA's metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+ACCURACY = "sparse_categorical_accuracy"
+NOT_APPLIED = "not applied: no blessed baseline yet"
+
+
+@dataclass
+class Blessing:
+    blessed: bool
+    candidate: Optional[float]
+    baseline: Optional[float]
+    failures: list[str] = field(default_factory=list)  # TFMA's, one readable line each
+    value_failed: bool = False   # TFMA failed accuracy on its value threshold
+    change_failed: bool = False  # TFMA failed accuracy's change vs the baseline
+
+    def report(self, ev) -> list[str]:
+        """The blessing report: each threshold of `ev` (the eval config), the candidate's
+        and the baseline's values, pass or FAIL."""
+        rows = [("threshold", "candidate", "baseline", "result")]
+        if ev.min_accuracy is not None:
+            rows.append((f"accuracy >= {ev.min_accuracy} (eval.min_accuracy)", _fmt(self.candidate), "-",
+                         _verdict(self.value_failed)))
+        change = _change_row(ev)
+        if change is not None:
+            if self.baseline is None:
+                rows.append((change, _fmt(self.candidate), "none", NOT_APPLIED))
+            else:
+                delta = (self.candidate or 0.0) - self.baseline
+                rows.append((change, _fmt(self.candidate), _fmt(self.baseline),
+                             f"{_verdict(self.change_failed)} (change {delta:+.4f})"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+        if self.failures:
+            lines.append("  TFMA: " + "; ".join(self.failures))
+        return lines
+
+    def headline(self, ev) -> str:
+        if self.blessed:
+            text = "BLESSED: every threshold passed"
+        else:
+            text = "NOT BLESSED: " + ("; ".join(self.failures) or "a threshold failed")
+        if self.baseline is None and _change_row(ev) is not None:
+            text += " (first run: no blessed baseline, judged on value thresholds alone)"
+        return text
+
+
+def _change_row(ev) -> Optional[str]:
+    """The change threshold's row name. Absolute and relative drops are one TFMA change
+    threshold (pipeline.eval_config), judged together, so they share one row."""
+    parts, keys = [], []
+    if ev.max_drop is not None:
+        parts.append(f"accuracy drop <= {ev.max_drop}")
+        keys.append("eval.max_drop")
+    if ev.max_drop_relative is not None:
+        parts.append(f"relative drop <= {ev.max_drop_relative}")
+        keys.append("eval.max_drop_relative")
+    return f"{' and '.join(parts)} vs last blessed ({', '.join(keys)})" if parts else None
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _verdict(failed: bool) -> str:
+    return "FAIL" if failed else "pass"
+
+
+def blessing_from(metrics, validation, blessed: bool) -> Blessing:
+    """A Blessing from TFMA's MetricsForSlice records and its ValidationResult."""
+    candidate = baseline = None
+    for slice_metrics in metrics:
+        if slice_metrics.slice_key.single_slice_keys:
+            continue  # overall slice only
+        for kv in slice_metrics.metric_keys_and_values:
+            if kv.key.name != ACCURACY or kv.key.is_diff:
+                continue
+            value = kv.value.double_value.value
+            if kv.key.model_name == "baseline":
+                baseline = value
+            else:
+                candidate = value
+    b = Blessing(blessed=blessed, candidate=candidate, baseline=baseline)
+    for per_slice in validation.metric_validations_per_slice:
+        for f in per_slice.failures:
+            b.failures.append(f"{f.metric_key.name}{' change' if f.metric_key.is_diff else ''} = "
+                              f"{f.metric_value.double_value.value:.4f} violates "
+                              f"{_threshold_text(f.metric_threshold)}")
+            if f.metric_key.name == ACCURACY:
+                if f.metric_key.is_diff:
+                    b.change_failed = True
+                else:
+                    b.value_failed = True
+    return b
+
+
+def read_blessing(evaluation_uri: str, blessed: bool) -> Blessing:
+    import tensorflow_model_analysis as tfma
+
+    return blessing_from(tfma.load_metrics(evaluation_uri), tfma.load_validation_result(evaluation_uri),
+                         blessed)
+
+
+def _threshold_text(threshold) -> str:
+    if threshold.HasField("value_threshold"):
+        v = threshold.value_threshold
+        parts = ([f"lower bound {v.lower_bound.value:g}"] if v.HasField("lower_bound") else []) + \
+                ([f"upper bound {v.upper_bound.value:g}"] if v.HasField("upper_bound") else [])
+        return "value threshold " + " and ".join(parts)
+    c = threshold.change_threshold
+    parts = ([f"absolute {c.absolute.value:+g}"] if c.HasField("absolute") else []) + \
+            ([f"relative {c.relative.value:+g}"] if c.HasField("relative") else [])
+    return "change threshold " + " and ".join(parts) + " (higher is better)"

@@ -1,0 +1,129 @@
+"""The compiled spec against the rules of the open-source Kubeflow Pipelines backend
+(kubeflow/pipelines, tag 2.17.0, unchanged at its head when read) and Vertex AI.
+
+Each assertion names the backend file that enforces the rule. The rules are written
+here from those files, not imported from pipeline/kfp_spec.py, so this test does not
+grade the compiler with its own answer key. The last test shows the rules bite: TFX's
+default output for the same DAG breaks them.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CIFAR, CONFIGS, xfer
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ["python", "-m", "xfer.components.kfp_entrypoint"]
+
+
+def _producers(task: dict) -> set:
+    inputs = task.get("inputs", {})
+    return ({a["taskOutputArtifact"]["producerTask"] for a in inputs.get("artifacts", {}).values()
+             if "taskOutputArtifact" in a}
+            | {p["taskOutputParameter"]["producerTask"] for p in inputs.get("parameters", {}).values()
+               if "taskOutputParameter" in p})
+
+
+def backend_refusals(spec: dict) -> list:
+    """What the open-source backend would refuse or mis-run, as each file states it."""
+    out = []
+    # backend/src/apiserver/template/v2_template.go (NewV2SpecTemplate): "KFP only supports
+    # schema version 2.1.0".
+    if spec.get("schemaVersion") != "2.1.0":
+        out.append(f"schemaVersion {spec.get('schemaVersion')}")
+    # backend/src/v2/compiler/argocompiler/dag.go: "resolver executors not implemented".
+    out += [f"resolver executor {n}" for n, e in spec["deploymentSpec"]["executors"].items() if "resolver" in e]
+    tasks = spec["root"]["dag"]["tasks"]
+    for name, task in tasks.items():
+        # backend/src/v2/driver/resolve.go (resolveInputParameter): runtimeValue.constant only.
+        for key, p in task.get("inputs", {}).get("parameters", {}).items():
+            if "runtimeValue" in p and set(p["runtimeValue"]) != {"constant"}:
+                out.append(f"{name}.{key}: {sorted(p['runtimeValue'])}")
+        # backend/src/v2/compiler/argocompiler/dag.go: driver.Depends = depends(task.GetDependentTasks()).
+        missing = _producers(task) - set(task.get("dependentTasks", []))
+        if missing:
+            out.append(f"{name} reads {sorted(missing)} without dependentTasks")
+    # backend/src/v2/driver/resolve.go: parameter values are checked against parameterType.
+    for cname, component in spec["components"].items():
+        for key, d in component.get("inputDefinitions", {}).get("parameters", {}).items():
+            if "parameterType" not in d:
+                out.append(f"{cname}.{key} has no parameterType")
+    # Nothing in backend/src reads `lifecycle`: a preCacheCheck hook never runs there.
+    out += [f"lifecycle hook on {n}" for n, e in spec["deploymentSpec"]["executors"].items()
+            if "lifecycle" in e.get("container", {})]
+    return out
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spec") / "pipeline.json"
+    xfer("compile", "--config", str(CONFIGS / "cifar_small.yaml"), "--set", "kubeflow.image=registry.example/xfer:1",
+         "--set", "pipeline_root=gs://bucket/root", "--set", f"data.input_base={CIFAR}",
+         "--set", f"data.labels_file={CIFAR / 'labels.txt'}",
+         "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}', "--out", str(out))
+    return json.loads(out.read_text())
+
+
+def test_the_spec_parses_strictly_as_a_kfp_pipeline_spec(compiled):
+    # backend/src/apiserver/template/template.go (isPipelineSpec): protojson.Unmarshal with
+    # unknown fields refused; the PipelineJob wrapper TFX writes is not a PipelineSpec.
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(compiled["pipelineSpec"], spec)  # raises on any unknown field
+    assert spec.pipeline_info.name and spec.root.dag.tasks
+    with pytest.raises(json_format.ParseError):
+        json_format.ParseDict(compiled, pipeline_spec_pb2.PipelineSpec())
+
+
+def test_the_open_source_backend_would_accept_and_run_it(compiled):
+    assert backend_refusals(compiled["pipelineSpec"]) == []
+
+
+def test_every_step_runs_the_type_restoring_entrypoint_with_its_input_definitions(compiled):
+    for name, executor in compiled["pipelineSpec"]["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        assert container["command"] == ENTRYPOINT, name
+        # Pipeline spec 2.1 passes the component's input definitions, from which the
+        # entrypoint restores the types the open-source launcher leaves empty.
+        assert "--json_serialized_inputs_spec_args" in container["args"], name
+        assert container["image"] == "registry.example/xfer:1"
+
+
+def test_span_data_and_the_served_model_are_never_taken_from_a_cache(compiled):
+    tasks = compiled["pipelineSpec"]["root"]["dag"]["tasks"]
+    # A KFP cache key is the task's inputs: the same {SPAN} pattern after a new span
+    # lands, and no input at all for the served model.
+    for name in ("ImportExampleGen", "ServedBaseline"):
+        assert tasks[name].get("cachingOptions", {}).get("enableCache") is not True, name
+    assert tasks["Trainer"]["cachingOptions"]["enableCache"] is True
+    # The driver substitutes {{$.pipeline_job_uuid}} (backend/src/v2/driver/resolve.go):
+    # a cache key that differs every run, even if a submit turns caching on for all tasks.
+    nonce = tasks["ServedBaseline"]["inputs"]["parameters"]["run_nonce"]["runtimeValue"]["constant"]
+    assert nonce == "{{$.pipeline_job_uuid}}"
+    # The baseline is read after training, so it is what is served when the candidate is judged.
+    assert "Trainer" in tasks["ServedBaseline"]["dependentTasks"]
+    assert "ServedBaseline" in tasks["Evaluator"]["dependentTasks"]
+
+
+def test_tfx_default_output_for_the_same_dag_breaks_the_rules(tmp_path):
+    """TFX's KubeflowV2DagRunner with its defaults: what `xfer compile` wrote before."""
+    script = f"""
+import json, sys
+from xfer.pipeline.config import load_config
+from xfer.pipeline.pipeline import create_pipeline
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as r
+config = load_config({str(CONFIGS / 'cifar_small.yaml')!r}, ["kubeflow.image=x:1", "pipeline_root=gs://b/r",
+    "data.input_base={CIFAR}", "data.labels_file={CIFAR / 'labels.txt'}"])
+r.KubeflowV2DagRunner(config=r.KubeflowV2DagRunnerConfig(default_image="x:1"), output_dir={str(tmp_path)!r},
+    output_filename="default.json").run(create_pipeline(config, for_kubeflow=True))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, capture_output=True)
+    refusals = backend_refusals(json.loads((tmp_path / "default.json").read_text())["pipelineSpec"])
+    assert any(r.startswith("schemaVersion 2.0.0") for r in refusals), refusals
+    assert any("constantValue" in r for r in refusals), refusals
+    assert any(r.startswith("lifecycle hook") for r in refusals), refusals
