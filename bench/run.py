@@ -6,7 +6,8 @@ Steps, in order, on the same data (bench/make_data.py) and the same model:
   1. the baseline script (bench/baseline_keras.py), wall time and images/s per phase;
   2. `xfer run` on a fresh root (cold cache), wall time, peak memory of the process
      tree, per-component wall and CPU use, images/s per phase;
-  3. `xfer run` twice more, unchanged: the third run is all cache hits;
+  3. `xfer run` twice more, unchanged: the third run takes every step up to the Trainer
+     from cache (ServedBaseline and the Evaluator run every time, by design);
   4. phase 1 alone, 10 epochs, on cached features and on images (the Trainer's run_fn
      alone: bench/trainer_alone.py);
   5. phase 2 throughput: the baseline script and the Trainer's run_fn (trainer_alone.py),
@@ -169,7 +170,12 @@ def main() -> None:
     second = Watched([XFER, "run", *config]).run()
     third = Watched([XFER, "run", *config]).run()
     cached_runs = [second.seconds, third.seconds]
-    all_cached = third.text.count(" cached") >= 7 and " ran" not in third.text.split("run ", 1)[-1].split("eval")[0]
+    # Every step up to the Trainer from cache; ServedBaseline and the Evaluator run every time
+    # by design (the served model can change under the same inputs); no version is pushed twice.
+    steps = dict(line.split() for line in third.text.split("\n") if line.startswith("  ") and len(line.split()) == 2)
+    all_cached = (all(steps.get(c) == "cached" for c in ("ImportExampleGen", "StatisticsGen", "SchemaGen",
+                                                         "ExampleValidator", "DataCheck", "Transform", "Trainer"))
+                  and "pushed: no new version" in third.text)
 
     sets = [c for c in config if c not in ("--config", "--set")]
 
@@ -235,9 +241,9 @@ def main() -> None:
          f"(transform graph {transform_bytes / 1e3:.0f} KB) / {raw_bytes / 1e6:.2f} MB"),
         ("serving_default on raw JPEG, images/s / Keras predict on decoded tensors", serve / keras,
          ">= 0.8", ">= 0.95", f"{serve:.1f} / {keras:.1f} images/s"),
-        ("a run with nothing changed, every component a cache hit: seconds", third.seconds,
+        ("a run with nothing changed (cached up to the Trainer, the served model re-read and judged): seconds", third.seconds,
          "<= 30 s", "<= 15 s", f"runs 2 and 3: {cached_runs[0]:.1f} s, {cached_runs[1]:.1f} s"
-                               f"{'' if all_cached else ' (run 3 not all cached!)'}"),
+                               f"{'' if all_cached else ' (run 3 not cached up to the Trainer!)'}"),
     ]
     windows = component_windows(cold)
     comp_lines = []

@@ -185,15 +185,16 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    # Accuracy and its drops are fractions: a threshold outside [0, 1] could never pass.
     min_accuracy: Optional[float] = Field(
-        0.0, description="Bless only when eval accuracy >= this (null: no value threshold).")
+        0.0, ge=0.0, le=1.0, description="Bless only when eval accuracy >= this (null: no value threshold).")
     max_drop: Optional[float] = Field(
-        0.0, ge=0.0,
-        description="Bless only when accuracy is at most this much below the latest blessed model "
+        0.0, ge=0.0, le=1.0,
+        description="Bless only when accuracy is at most this much below the model being served "
                     "(absolute; null: no change threshold).")
 
     max_drop_relative: Optional[float] = Field(
-        None, ge=0.0, description="Also (or instead) a relative drop, e.g. 0.02 = 2% of the baseline.")
+        None, ge=0.0, le=1.0, description="Also (or instead) a relative drop, e.g. 0.02 = 2% of the baseline.")
     top_k: int = Field(3, ge=2, description="Also report top-k accuracy.")
 
     @model_validator(mode="after")

@@ -161,7 +161,7 @@ class Run:
 
     def callbacks(self, phase: str, early_stopping: Optional[EarlyStoppingConfig], backup: resume.Phase) -> list:
         # Backup and journal first: when the epoch line shows, the epoch is saved.
-        cbs = backup.callbacks() + early_stopping(early_stopping)
+        cbs = backup.callbacks() + early_stopping_callbacks(early_stopping)
         if self.train.reports:
             cbs.append(tf.keras.callbacks.TensorBoard(self.logs_dir, profile_batch=0, write_graph=False))
         return cbs + [EpochLog(phase.replace("_", "-"), self.train.batch_size)]
@@ -223,7 +223,7 @@ def _choose_strategy(t: TrainConfig) -> strategy_lib.Chosen:
     return chosen
 
 
-def early_stopping(es: Optional[EarlyStoppingConfig]) -> list:
+def early_stopping_callbacks(es: Optional[EarlyStoppingConfig]) -> list:
     if es is None:
         return []
     return [tf.keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,

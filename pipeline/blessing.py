@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 ACCURACY = "sparse_categorical_accuracy"
-NOT_APPLIED = "not applied: no blessed baseline yet"
+NOT_APPLIED = "not applied: no model served yet"
 
 
 @dataclass
@@ -44,12 +44,18 @@ class Blessing:
         return lines
 
     def headline(self, ev) -> str:
+        first = self.baseline is None and _change_row(ev) is not None
+        if self.blessed and first and ev.min_accuracy is None:
+            # The Evaluator blesses this case (components/evaluator.py): with no model served,
+            # a change threshold has nothing to compare with, and no value threshold is set.
+            return ("BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no model "
+                    "served yet; the change threshold applies from the next run")
         if self.blessed:
             text = "BLESSED: every threshold passed"
         else:
             text = "NOT BLESSED: " + ("; ".join(self.failures) or "a threshold failed")
-        if self.baseline is None and _change_row(ev) is not None:
-            text += " (first run: no blessed baseline, judged on value thresholds alone)"
+        if first:
+            text += " (no model served yet: judged on value thresholds alone)"
         return text
 
 
@@ -63,7 +69,7 @@ def _change_row(ev) -> Optional[str]:
     if ev.max_drop_relative is not None:
         parts.append(f"relative drop <= {ev.max_drop_relative}")
         keys.append("eval.max_drop_relative")
-    return f"{' and '.join(parts)} vs last blessed ({', '.join(keys)})" if parts else None
+    return f"{' and '.join(parts)} vs the served model ({', '.join(keys)})" if parts else None
 
 
 def _fmt(v: Optional[float]) -> str:

@@ -25,27 +25,44 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="YAML config file, or a shipped config name (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by its dotted key, e.g. --set train.batch_size=16 "
-                        "(repeatable; the value is read as YAML)")
+                        "(repeatable; the value is read as YAML; a mapping merges into the "
+                        "section: --set 'model={backbone: resnet50}' keeps the other model keys)")
+
+
+# Exit codes beyond 1 (an error) and 2 (a config error), for schedulers.
+EXIT_ROOT_BUSY = 3     # another run holds the root
+EXIT_NOT_BLESSED = 4   # --require-blessed and the model was not blessed
 
 
 def cmd_run(args) -> int:
     from xfer.pipeline.runners import run_local
     from xfer.pipeline.summary import format_summary, save_report
 
+    from xfer.pipeline.lock import RunInProgress
+
     config = load_config(args.config, args.overrides)
     start = time.perf_counter()
     from_nodes = [args.from_node] if args.from_node else None
     to_nodes = [args.to_node] if args.to_node else None
     try:
-        summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes)
+        summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes, check_only=args.check)
     except ConfigError:
         raise
+    except RunInProgress as e:
+        print(f"xfer: {e}", file=sys.stderr)
+        return EXIT_ROOT_BUSY
     except Exception as e:
         raise errors.step_failed(config, e) from e
+    if args.check:
+        print(f"preflight passed in {time.perf_counter() - start:.1f}s: {config.name} can run")
+        return 0
     text = format_summary(summary, config.eval, wall_seconds=time.perf_counter() - start)
     print(text)
     if summary.blessing is not None:
         print(f"blessing report: {save_report(config.root, summary.run_id, text)}")
+    if args.require_blessed and not (summary.blessing and summary.blessing.blessed):
+        print("xfer: the model was not blessed (--require-blessed)", file=sys.stderr)
+        return EXIT_NOT_BLESSED
     return 0
 
 
@@ -64,7 +81,7 @@ def cmd_runs(args) -> int:
     from xfer.pipeline.summary import format_runs
 
     config = load_config(args.config, args.overrides)
-    print(format_runs(existing_store(config), config.name, last=args.last))
+    print(format_runs(existing_store(config), config.name, last=args.last, root=config.root))
     return 0
 
 
@@ -73,7 +90,7 @@ def cmd_show(args) -> int:
     from xfer.pipeline.views import format_show
 
     config = load_config(args.config, args.overrides)
-    print(format_show(existing_store(config), config.name, args.run, args.component,
+    print(format_show(existing_store(config), config.name, args.run, config.eval, args.component,
                       label_key=config.data.label_key))
     return 0
 
@@ -179,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "are re-executed, not taken from cache")
     p.add_argument("--to", dest="to_node", metavar="COMPONENT",
                    help="partial run: stop after this component (e.g. Evaluator)")
+    p.add_argument("--check", action="store_true",
+                   help="run only the preflight (config, the first records of each split, the "
+                        "backbone's layers, writable folders) and stop")
+    p.add_argument("--require-blessed", action="store_true",
+                   help=f"exit {EXIT_NOT_BLESSED} when the model is not blessed (for schedulers)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("runs", help="list past local runs from the metadata store",
@@ -204,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "PipelineJob JSON. Every step runs in the image kubeflow.image; "
                                    "artifacts go under pipeline_root (a gs:// path in production).")
     _add_config_args(p)
-    p.add_argument("--target", choices=["kubeflow"], default="kubeflow",
-                   help="orchestrator to compile for (KFP v2 IR; Vertex AI Pipelines runs the same file)")
+    p.add_argument("--target", choices=["kubeflow", "vertex"], default="kubeflow",
+                   help="orchestrator to compile for; both get the same KFP pipeline spec 2.1.0")
     p.add_argument("--out", "-o", default="pipeline.json", help="output file (default: pipeline.json)")
     p.set_defaults(func=cmd_compile)
 

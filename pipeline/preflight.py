@@ -9,17 +9,19 @@ runs this alone.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 from xfer.components.settings import Config
+from xfer.pipeline.config import ConfigError
 
 SAMPLE = 256           # records read per split
 PLACEHOLDER = "YOUR_"  # the shipped templates' placeholders (gcr.io/YOUR_PROJECT, gs://YOUR_BUCKET)
 
 
-class PreflightFailed(ValueError):
+class PreflightFailed(ConfigError):
     """The config cannot run; the message lists every problem found."""
 
 
@@ -151,9 +153,13 @@ def check_model(config: Config, report: Report) -> None:
     base = build_base(m.backbone, m.image_size, "none", m.alpha)
     names = [layer.name for layer in base.layers]
     if fine.from_layer not in names:
+        weighted = [layer.name for layer in base.layers if layer.weights]
+        close = difflib.get_close_matches(fine.from_layer, names, n=3)
         report.problems.append(
-            f"train.fine_tune.from_layer: '{fine.from_layer}' is not a layer of {m.backbone}; layers "
-            f"with weights: {', '.join(l.name for l in base.layers if l.weights)}")
+            f"train.fine_tune.from_layer: '{fine.from_layer}' is not a layer of {m.backbone}"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + f"; its top layers with weights, where fine-tuning usually starts: "
+              f"{', '.join(weighted[-12:])} ({len(weighted)} in all)")
 
 
 def check_writable(config: Config, report: Report) -> None:

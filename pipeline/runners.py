@@ -1,6 +1,7 @@
 """Runners: the same DAG run locally (LocalDagRunner) or compiled for Kubeflow v2 / Vertex."""
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Optional
 
@@ -36,12 +37,19 @@ def check_weights(config: Config) -> None:
 
 
 def run_local(config: Config, from_nodes: Optional[list[str]] = None,
-              to_nodes: Optional[list[str]] = None) -> RunSummary:
+              to_nodes: Optional[list[str]] = None, check_only: bool = False) -> Optional[RunSummary]:
     """Run the DAG locally. With from_nodes/to_nodes, a partial run: only the nodes
-    between them execute, the rest of their inputs come from the latest run in MLMD."""
+    between them execute, the rest of their inputs come from the latest run in MLMD.
+
+    The preflight runs first (check_only: only it); then the run holds the root's lock,
+    clears what interrupted runs left, and returns the summary of its own run."""
+    from tfx.dsl.compiler import constants
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from tfx.orchestration.portable import runtime_parameter_utils
     from tfx.proto.orchestration import pipeline_pb2
 
+    from xfer.pipeline import interrupted, preflight
+    from xfer.pipeline.lock import RootLock
     from xfer.pipeline.pipeline import COMPONENTS, create_pipeline
 
     for node in (from_nodes or []) + (to_nodes or []):
@@ -49,6 +57,11 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
             raise ConfigError(f"--from/--to: no component '{node}'; components: {', '.join(COMPONENTS)}")
     prepare_data(config)
     check_weights(config)
+    report = preflight.require(config)
+    for note in report.notes:
+        print(f"[xfer] preflight: {note}", flush=True)
+    if check_only:
+        return None
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     run_options = None
     if from_nodes or to_nodes:
@@ -62,11 +75,19 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
         run_options.partial_run.snapshot_settings.latest_pipeline_run_strategy.SetInParent()
         # A partial run exists to re-execute its nodes (e.g. after editing trainer code).
         config = config.model_copy(update={"enable_cache": False})
-    LocalDagRunner().run_with_ir(pipeline_ir(create_pipeline(config)), run_options=run_options)
-    return summarize(config.metadata_path, config.name)
-
-
-STEP_COMMAND = ("python", "-m", "xfer.components.kfp_entrypoint")
+    # The run's id is chosen here, not by the runner, so the summary is of this run.
+    run_id = datetime.datetime.now().isoformat()
+    ir = pipeline_ir(create_pipeline(config))
+    runtime_parameter_utils.substitute_runtime_parameter(
+        ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+    with RootLock(config.root, run_id) as lock:
+        if lock.interrupted:
+            print(f"[xfer] the last run on this root, {lock.interrupted.line()}, was interrupted",
+                  flush=True)
+        for line in interrupted.clean_up(config):
+            print(f"[xfer] {line}", flush=True)
+        LocalDagRunner().run_with_ir(ir, run_options=run_options)
+    return summarize(config.metadata_path, config.name, run_id)
 
 
 def pipeline_ir(pipeline):

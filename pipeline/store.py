@@ -13,7 +13,7 @@ from xfer.pipeline.config import ConfigError
 
 State = metadata_store_pb2.Execution
 STATE_NAMES = {State.COMPLETE: "executed", State.CACHED: "cached", State.FAILED: "failed",
-               State.RUNNING: "running", State.NEW: "new", State.CANCELED: "canceled"}
+               State.RUNNING: "running", State.NEW: "new", State.CANCELED: "interrupted"}
 LATEST = ("latest", "last")
 
 

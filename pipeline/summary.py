@@ -100,7 +100,13 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = None) -> str:
+def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = None,
+                root: Optional[str] = None) -> str:
+    """Past runs, newest last. A run with steps left running is `running` only while a
+    live process holds the root (pipeline/lock.py); otherwise it was `interrupted`."""
+    from xfer.pipeline.lock import holder
+
+    live = holder(root) if root else None
     store = mlmd.open_store(metadata_path)
     runs = mlmd.pipeline_runs(store, pipeline_name)
     if last:
@@ -110,8 +116,15 @@ def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = No
         s = _summarize(store, run, pipeline_name)
         b = s.blessing
         acc = f"{b.candidate:.4f}" if b and b.candidate is not None else "-"
-        status = "failed" if "failed" in s.states.values() else (
-            "running" if "running" in s.states.values() else "complete")
+        states = set(s.states.values())
+        if "failed" in states:
+            status = "failed"
+        elif "running" in states and live is not None and live.run_id == s.run_id:
+            status = "running"
+        elif states & {"running", "interrupted"}:
+            status = "interrupted"
+        else:
+            status = "complete"
         lines.append(f"{s.run_id}  started {_when(s.started_ms) if s.started_ms else '-'}  "
                      f"{status}  accuracy {acc}  "
                      f"{'blessed' if b and b.blessed else 'not blessed' if b else 'not evaluated'}  "

@@ -171,7 +171,7 @@ def confusion_lines(uri: str) -> list[str]:
     return []
 
 
-def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
+def view_evaluation(uri: str, blessed: Optional[bool], ev) -> list[str]:
     import tensorflow_model_analysis as tfma
 
     lines = []
@@ -183,8 +183,8 @@ def view_evaluation(uri: str, blessed: Optional[bool]) -> list[str]:
             lines.append(f"  [{where}] {model} {kv.key.name}{diff}: {kv.value.double_value.value:.4f}")
     lines += confusion_lines(uri)
     b = read_blessing(uri, bool(blessed))
-    lines.append(f"  {'BLESSED' if b.blessed else 'NOT BLESSED'}"
-                 + (": " + "; ".join(b.failures) if b.failures else ": every threshold passed"))
+    # The same words as the run's summary.
+    lines.append("  " + b.headline(ev))
     return lines
 
 
@@ -204,8 +204,9 @@ VIEWS = {"ExampleStatistics": view_statistics, "Schema": view_schema,
          "ModelRun": view_model_run}
 
 
-def format_show(metadata_path: str, pipeline_name: str, run_id: str,
+def format_show(metadata_path: str, pipeline_name: str, run_id: str, ev,
                 component: Optional[str] = None, label_key: str = "label") -> str:
+    """`ev`: the eval config, whose thresholds the blessing line names."""
     run_id, artifacts = run_artifacts(metadata_path, pipeline_name, run_id)
     if component and component not in artifacts:
         raise LookupError(f"run '{run_id}' has no component '{component}'; it has: "
@@ -224,7 +225,7 @@ def format_show(metadata_path: str, pipeline_name: str, run_id: str,
             elif type_name in VIEWS:
                 lines += ["  " + line for line in VIEWS[type_name](a.uri)]
             elif type_name == "ModelEvaluation":
-                lines += ["  " + line for line in view_evaluation(a.uri, blessed)]
+                lines += ["  " + line for line in view_evaluation(a.uri, blessed, ev)]
             elif type_name == "PushedModel":
                 lines.append(f"    pushed to {mlmd.custom_property(a, 'pushed_destination')}"
                              if mlmd.custom_property(a, "pushed") else "    nothing pushed (model not blessed)")

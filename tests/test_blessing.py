@@ -46,11 +46,10 @@ def test_first_run_keeps_the_tables_layout(tmp_path):
     b, ev = evaluate(tmp_path, {"min_accuracy": 0.8, "max_drop": 0.02}, candidate=0.9353)
     assert b.blessed and not b.value_failed and not b.change_failed
     assert b.report(ev) == [
-        "  threshold                                              candidate  baseline  result",
-        "  accuracy >= 0.8 (eval.min_accuracy)                    0.9353     -         pass",
-        "  accuracy drop <= 0.02 vs last blessed (eval.max_drop)  0.9353     none      "
-        "not applied: no blessed baseline yet"]
-    assert b.headline(ev) == ("BLESSED: every threshold passed (first run: no blessed baseline, "
+        '  threshold                                                  candidate  baseline  result',
+        '  accuracy >= 0.8 (eval.min_accuracy)                        0.9353     -         pass',
+        '  accuracy drop <= 0.02 vs the served model (eval.max_drop)  0.9353     none      not applied: no model served yet']
+    assert b.headline(ev) == ("BLESSED: every threshold passed (no model served yet: "
                               "judged on value thresholds alone)")
 
 
@@ -82,7 +81,7 @@ def test_absolute_and_relative_drops_are_one_threshold_with_one_row(tmp_path):
     assert not b.blessed and b.change_failed
     lines = b.report(ev)
     assert len(lines) == 3  # header, the one change threshold, TFMA's reason
-    assert lines[1].startswith("  accuracy drop <= 0.1 and relative drop <= 0.01 vs last blessed "
+    assert lines[1].startswith("  accuracy drop <= 0.1 and relative drop <= 0.01 vs the served model "
                                "(eval.max_drop, eval.max_drop_relative)")
     assert lines[1].split()[-3:] == ["FAIL", "(change", "-0.0500)"]
     assert lines[2].startswith("  TFMA: sparse_categorical_accuracy change = -0.0500 violates change "

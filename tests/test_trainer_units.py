@@ -28,9 +28,9 @@ def test_cache_on_with_augmentation_is_a_config_error():
 
 
 def test_early_stopping_from_typed_settings():
-    from xfer.components.trainer import early_stopping
-    assert early_stopping(None) == []
-    (cb,) = early_stopping(EarlyStoppingConfig(monitor="val_accuracy", patience=4, min_delta=0.01))
+    from xfer.components.trainer import early_stopping_callbacks
+    assert early_stopping_callbacks(None) == []
+    (cb,) = early_stopping_callbacks(EarlyStoppingConfig(monitor="val_accuracy", patience=4, min_delta=0.01))
     assert (cb.monitor, cb.patience, cb.restore_best_weights) == ("val_accuracy", 4, True)
     assert abs(cb.min_delta) == pytest.approx(0.01)
 
