@@ -110,14 +110,18 @@ def cmd_predict(args) -> int:
 
 
 def cmd_import_folder(args) -> int:
-    from xfer.pipeline.data.import_folder import Progress, import_folder, summary
+    from xfer.pipeline.data.import_folder import OutputNotEmpty, Progress, import_folder, summary
 
     ratios = {k: v for k, v in (("train", args.train), ("eval", args.eval), ("test", args.test)) if v}
     total = sum(ratios.values())
     if not ratios or abs(total - 1.0) > 1e-6:
         raise ConfigError(f"--train/--eval/--test must add up to 1; got {total:g}")
-    manifest = import_folder(args.src, args.out, ratios=ratios, shards=args.shards,
-                             max_pixels=args.max_pixels, workers=args.workers, progress=Progress())
+    try:
+        manifest = import_folder(args.src, args.out, ratios=ratios, shards=args.shards,
+                                 max_pixels=args.max_pixels, workers=args.workers, progress=Progress(),
+                                 overwrite=args.overwrite, follow_links=args.follow_links)
+    except OutputNotEmpty as e:
+        raise ConfigError(str(e)) from None
     print(summary(manifest, args.out))
     if not manifest.written:
         print(f"xfer: nothing usable in {args.src}: every file was rejected (see "
@@ -281,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="refuse larger images as decompression bombs (default 50,000,000)")
     d.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty OUT whole (written beside it, then swapped in)")
+    d.add_argument("--follow-links", action="store_true",
+                   help="follow symlinks that stay inside SRC (default: not followed, listed as rejected)")
     d.set_defaults(func=cmd_import_folder)
     d = dsub.add_parser("schema", help="write the curated schema for a label set",
                         description="Write schemas/image_classification.pbtxt made concrete for a "

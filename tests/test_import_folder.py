@@ -87,7 +87,7 @@ def folder(tmp_path_factory):
     (broken / "empty.png").write_bytes(b"")
     expect["digit0/empty.png"] = "empty file"
     os.symlink(src / "nowhere.png", broken / "dangling.png")
-    expect["digit0/dangling.png"] = "unreadable"
+    expect["digit0/dangling.png"] = "symlink, not followed"
     _save(Image.new("RGB", (1200, 1000), (10, 20, 30)), broken / "huge.png", "PNG")
     expect["digit0/huge.png"] = "decompression bomb"
     (broken / "._scan1.jpg").write_bytes(b"\x00\x05\x16\x07 mac resource fork")
@@ -97,7 +97,7 @@ def folder(tmp_path_factory):
     (src / "README.txt").write_text("images of digits\n")
     expect["README.txt"] = "not inside a class folder"
     os.symlink(src / "digit1", src / "digit1" / "again")  # a loop
-    expect["digit1/again"] = "symlink loop"
+    expect["digit1/again"] = "symlink, not followed"
     return src, expect
 
 
@@ -197,3 +197,54 @@ def test_cli_summary_and_exit_code_when_nothing_is_usable(folder, tmp_path):
     proc = xfer("data", "import-folder", str(tmp_path / "bad"), str(tmp_path / "none"), check=False)
     assert proc.returncode == 1 and "nothing usable" in proc.stderr, proc.stderr
     assert "not an image, or a format Pillow cannot read: cls/a.jpg, other/a.jpg" in proc.stdout
+
+
+def test_links_are_followed_only_when_asked_and_only_inside_src(folder, tmp_path):
+    src, expect = folder
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    _save(_digit(3)[0], outside / "secret.png", "PNG")
+    link = src / "digit1" / "outside"
+    os.symlink(outside, link)
+    try:
+        manifest = import_folder(str(src), str(tmp_path / "out"), ratios={"train": 0.5, "eval": 0.5},
+                                 max_pixels=1_000_000, workers=2, follow_links=True)
+    finally:
+        link.unlink()
+    rejected = {r["path"]: r["reason"] for r in manifest.rejected}
+    assert rejected["digit0/dangling.png"].startswith("unreadable")
+    assert rejected["digit1/again"].startswith("symlink loop")
+    assert rejected["digit1/outside"] == f"symlink to {outside}, outside SRC: never followed"
+    assert not any("secret" in os.fsdecode(f) for f in _records(tmp_path / "out"))
+
+
+def test_a_non_empty_out_is_refused_and_overwrite_replaces_it_whole(tmp_path):
+    for k in range(8):
+        img, label = _digit(k % 2)
+        _save(img, tmp_path / "src" / f"d{label}" / f"{k}.png", "PNG")
+    out = tmp_path / "out"
+    first = xfer("data", "import-folder", str(tmp_path / "src"), str(out), "--train", "0.5", "--eval", "0.5")
+    assert first.returncode == 0
+    for k in range(4, 8):
+        (tmp_path / "src" / f"d{k % 2}" / f"{k}.png").unlink()
+    again = xfer("data", "import-folder", str(tmp_path / "src"), str(out), check=False)
+    assert again.returncode == 2, again.stderr
+    assert f"'{out}' is not empty" in again.stderr and "--overwrite" in again.stderr
+    replaced = xfer("data", "import-folder", str(tmp_path / "src"), str(out), "--train", "0.5",
+                    "--eval", "0.5", "--overwrite")
+    assert "replaced the earlier import" in replaced.stdout
+    assert len(_records(out)) == 4  # the deleted images are gone, not trained on
+    assert not list(tmp_path.glob(".out.*")), list(tmp_path.iterdir())  # nothing left beside OUT
+
+
+def test_an_empty_class_folder_is_not_a_class_and_a_split_missing_a_class_is_named(tmp_path):
+    for split, labels in (("train", (0, 1)), ("valid", (0,))):
+        for k, label in enumerate(labels):
+            _save(_digit(label)[0], tmp_path / "src" / split / f"d{label}" / f"{k}.png", "PNG")
+    (tmp_path / "src" / "train" / "d7").mkdir()  # no image in it
+    manifest = import_folder(str(tmp_path / "src"), str(tmp_path / "out"), workers=1)
+    assert manifest.classes == ["d0", "d1"]
+    assert (tmp_path / "out" / "labels.txt").read_text().split() == ["d0", "d1"]
+    assert {"path": "train/d7", "reason": "class folder with no file to import: not a class"} in manifest.rejected
+    assert any(w.startswith("split eval has no example of d1 (d1: 1 in all)") for w in manifest.warnings), \
+        manifest.warnings

@@ -11,10 +11,13 @@ order, so memory stays flat and the same input always gives the same bytes.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import stat
 import sys
 import time
@@ -60,6 +63,8 @@ class Manifest:
     shards: list = field(default_factory=list)
     rejected: list = field(default_factory=list)
     converted: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    replaced: bool = False  # --overwrite replaced an earlier import in OUT
 
     @property
     def written(self) -> int:
@@ -75,12 +80,38 @@ def _is_hidden(name: bytes) -> bool:
     return name.startswith(b".")
 
 
-def scan(src: bytes, ratios: dict) -> tuple[str, list[str], list[Item], list[dict]]:
-    """(layout, classes, items, rejected) for a source folder, walking symlinks once."""
-    top = sorted(e for e in os.listdir(src))
+class Links:
+    """What to do with a symlink in SRC: not followed unless asked, and then only inside
+    SRC (a link to /etc would import the system), and each folder once (loops)."""
+
+    def __init__(self, src: bytes, follow: bool):
+        self.real_src, self.follow = os.path.realpath(src), follow
+
+    def refusal(self, path: bytes) -> Optional[str]:
+        if not os.path.islink(path):
+            return None
+        if not self.follow:
+            return "symlink, not followed (--follow-links follows links that stay inside SRC)"
+        target = os.path.realpath(path)
+        if target != self.real_src and not target.startswith(self.real_src + b"/"):
+            return f"symlink to {_name(target)}, outside SRC: never followed"
+        return None
+
+
+def scan(src: bytes, ratios: dict, follow_links: bool = False) -> tuple[str, list[str], list[Item], list[dict]]:
+    """(layout, classes, items, rejected) for a source folder. Class folders that hold
+    nothing to import are not classes (they are listed in `rejected`)."""
+    links = Links(src, follow_links)
+    rejected: list[dict] = []
+    top = []
+    for e in sorted(os.listdir(src)):
+        why = links.refusal(os.path.join(src, e))
+        if why:
+            rejected.append({"path": _name(e), "reason": why})
+        else:
+            top.append(e)
     top_dirs = [e for e in top if os.path.isdir(os.path.join(src, e)) and not _is_hidden(e)]
     split_layout = bool(top_dirs) and all(_name(d).lower() in SPLIT_NAMES for d in top_dirs)
-    rejected: list[dict] = []
     roots = []  # (folder, split or None)
     for entry in top:
         full = os.path.join(src, entry)
@@ -89,27 +120,36 @@ def scan(src: bytes, ratios: dict) -> tuple[str, list[str], list[Item], list[dic
         else:
             rejected.append({"path": _name(entry), "reason": "hidden file (dotfile or macOS metadata)"
                              if _is_hidden(entry) else "not inside a class folder"})
-    classes = sorted({_name(c) for d, s in roots for c in (_class_dirs(src, d, rejected) if s else [d])})
-    index = {c: i for i, c in enumerate(classes)}
-    items: list[Item] = []
+    found: list[tuple[bytes, str, Optional[str]]] = []  # (rel, class name, split)
     seen_dirs: set = set()
     for folder, split in roots:
-        class_dirs = _class_dirs(src, folder, []) if split else [folder]
+        class_dirs = _class_dirs(src, folder, rejected, links) if split else [folder]
         for cdir in class_dirs:
             rel_class = os.path.join(folder, cdir) if split else cdir
-            for rel in _walk_files(src, rel_class, seen_dirs, rejected):
-                s = split or _hash_split(rel, ratios)
-                items.append(Item(os.path.join(src, rel), rel, s, index[_name(cdir)]))
+            for rel in _walk_files(src, rel_class, seen_dirs, rejected, links):
+                found.append((rel, _name(cdir), split))
+    classes = sorted({c for _, c, _ in found})
+    for folder, split in roots:
+        for cdir in (_class_dirs(src, folder, [], links) if split else [folder]):
+            if _name(cdir) not in classes and not any(r["path"] == _name(cdir) for r in rejected):
+                rejected.append({"path": _name(os.path.join(folder, cdir) if split else cdir),
+                                 "reason": "class folder with no file to import: not a class"})
+    index = {c: i for i, c in enumerate(classes)}
+    items = [Item(os.path.join(src, rel), rel, split or _hash_split(rel, ratios), index[c])
+             for rel, c, split in found]
     items.sort(key=lambda it: it.rel)
     rejected.sort(key=lambda r: r["path"])
     return ("split-folders" if split_layout else "class-folders"), classes, items, rejected
 
 
-def _class_dirs(src: bytes, split_dir: bytes, rejected: list) -> list[bytes]:
+def _class_dirs(src: bytes, split_dir: bytes, rejected: list, links: Links) -> list[bytes]:
     out = []
     for e in sorted(os.listdir(os.path.join(src, split_dir))):
         full = os.path.join(src, split_dir, e)
-        if os.path.isdir(full) and not _is_hidden(e):
+        why = links.refusal(full)
+        if why:
+            rejected.append({"path": _name(os.path.join(split_dir, e)), "reason": why})
+        elif os.path.isdir(full) and not _is_hidden(e):
             out.append(e)
         else:
             rejected.append({"path": _name(os.path.join(split_dir, e)),
@@ -118,7 +158,7 @@ def _class_dirs(src: bytes, split_dir: bytes, rejected: list) -> list[bytes]:
     return out
 
 
-def _walk_files(src: bytes, rel_dir: bytes, seen: set, rejected: list) -> Iterator[bytes]:
+def _walk_files(src: bytes, rel_dir: bytes, seen: set, rejected: list, links: Links) -> Iterator[bytes]:
     full = os.path.join(src, rel_dir)
     st = os.stat(full)
     key = (st.st_dev, st.st_ino)
@@ -130,10 +170,13 @@ def _walk_files(src: bytes, rel_dir: bytes, seen: set, rejected: list) -> Iterat
     for e in sorted(os.listdir(full)):
         rel = os.path.join(rel_dir, e)
         path = os.path.join(src, rel)
-        if _is_hidden(e):
+        why = links.refusal(path)
+        if why:
+            rejected.append({"path": _name(rel), "reason": why})
+        elif _is_hidden(e):
             rejected.append({"path": _name(rel), "reason": "hidden file (dotfile or macOS metadata)"})
         elif os.path.isdir(path):
-            yield from _walk_files(src, rel, seen, rejected)
+            yield from _walk_files(src, rel, seen, rejected, links)
         else:
             yield rel
 
@@ -211,20 +254,68 @@ def _shard_of(rel: bytes, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(b"shard:" + rel).digest()[:8], "big") % shards
 
 
+class OutputNotEmpty(ValueError):
+    """OUT already holds files; the message names the fix."""
+
+
 def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: Optional[int] = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS, workers: Optional[int] = None,
-                  progress: Optional[Callable[[int, int], None]] = None) -> Manifest:
-    import tensorflow as tf
-
-    from xfer.pipeline.data.records import image_example
-
+                  progress: Optional[Callable[[int, int], None]] = None, overwrite: bool = False,
+                  follow_links: bool = False) -> Manifest:
+    """Import SRC into OUT. OUT is written beside itself and swapped in whole, so it never
+    mixes two imports (old shards beside new ones would be trained on) and a killed
+    import leaves the previous OUT as it was."""
     ratios = ratios or {"train": 0.8, "eval": 0.2}
     srcb = os.fsencode(os.path.abspath(src))
     if not os.path.isdir(srcb):
         raise FileNotFoundError(f"import-folder: source '{src}' is not a folder; give a folder with "
                                 f"one subfolder per class (or train/ and eval/ folders of them)")
-    layout, classes, items, rejected = scan(srcb, ratios)
-    manifest = Manifest(source=os.path.abspath(src), layout=layout, classes=classes,
+    out = os.path.abspath(out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
+        raise OutputNotEmpty(
+            f"import-folder: '{out}' is not empty; an import into it would mix with what is there "
+            f"(old shards would still be trained on). Choose a new folder, or pass --overwrite to "
+            f"replace it whole")
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    for stale in glob.glob(os.path.join(parent, f".{name}.partial-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # a killed import's leftovers
+    staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+    try:
+        manifest = _import(srcb, staging, ratios, shards, max_pixels, workers, progress, follow_links)
+        manifest.replaced = os.path.isdir(out) and bool(os.listdir(out))
+        if manifest.replaced:
+            manifest.warnings.append(f"replaced the earlier import in {out} (--overwrite)")
+        _write_manifest(manifest, staging)
+        if os.path.isdir(out) and not manifest.replaced:
+            os.rmdir(out)  # an empty folder the user made for the import
+        if manifest.replaced:
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.rename(out, os.path.join(old, name))
+            os.rename(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_manifest(manifest: Manifest, out: str) -> None:
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest.__dict__, f, indent=1, sort_keys=True)
+
+
+def _import(srcb: bytes, out: str, ratios: dict, shards: Optional[int], max_pixels: int,
+            workers: Optional[int], progress, follow_links: bool) -> Manifest:
+    import tensorflow as tf
+
+    from xfer.pipeline.data.records import image_example
+
+    src = os.fsdecode(srcb)
+    layout, classes, items, rejected = scan(srcb, ratios, follow_links)
+    manifest = Manifest(source=src, layout=layout, classes=classes,
                         ratios=ratios if layout == "class-folders" else {}, rejected=rejected)
     splits = sorted({it.split for it in items})
     per_split = {s: sum(1 for it in items if it.split == s) for s in splits}
@@ -265,14 +356,24 @@ def import_folder(src: str, out: str, *, ratios: Optional[dict] = None, shards: 
                                 "examples": written[key], "sha256": digest})
     manifest.counts = counts
     manifest.rejected.sort(key=lambda r: r["path"])
+    total = {c: sum(counts[s][c] for s in splits) for c in classes}
+    for c in classes:
+        if not total[c]:
+            manifest.warnings.append(f"class '{c}': every file was rejected (see rejected); its label "
+                                     f"stays in labels.txt but no example has it: fix or remove the folder")
+    for s in splits:
+        missing = [c for c in classes if total[c] and not counts[s][c]]
+        if missing:
+            manifest.warnings.append(
+                f"split {s} has no example of {', '.join(missing)} ("
+                + ", ".join(f"{c}: {total[c]} in all" for c in missing)
+                + "); too few images to hash-split, or a split folder lacks the class")
     # Imported after the decoding pool has forked: its workers need no TFT.
     from xfer.components.labels import write_labels_file
     write_labels_file(os.path.join(out, "labels.txt"), classes)
     if len(classes) >= 2:
         from xfer.pipeline.data.schema import write_schema
         write_schema(os.path.join(out, "schema.pbtxt"), num_classes=len(classes))
-    with open(os.path.join(out, "manifest.json"), "w") as f:
-        json.dump(manifest.__dict__, f, indent=1, sort_keys=True)
     return manifest
 
 
@@ -295,6 +396,8 @@ def summary(m: Manifest, out: str) -> str:
         for reason, files in sorted(reasons.items()):
             shown = ", ".join(files[:3]) + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
             lines.append(f"    {reason}: {shown}")
+    for w in m.warnings:
+        lines.append(f"  warning: {w}")
     if len(m.classes) < 2:
         lines.append(f"  only {len(m.classes)} class folder(s): a classifier needs at least 2; "
                      f"no schema.pbtxt written")
