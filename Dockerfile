@@ -46,9 +46,13 @@ ENV VIRTUAL_ENV=/opt/xfer/.venv \
     KERAS_HOME=/opt/keras \
     PYTHONUNBUFFERED=1
 COPY --from=build /opt/xfer/.venv /opt/xfer/.venv
-RUN mkdir -p "$KERAS_HOME" && for backbone in $BAKE_WEIGHTS; do \
+# The Keras cache belongs to the step user (uid 1000), so `weights: imagenet` can still
+# download at run time into it; group 0 may write too (clusters that run steps as an
+# arbitrary uid in group root). Baked weights (fetched as root, at build) are handed over.
+RUN useradd --create-home --uid 1000 xfer && mkdir -p "$KERAS_HOME/models" \
+    && for backbone in $BAKE_WEIGHTS; do \
         xfer weights fetch --backbone "$backbone" --image-size "$BAKE_IMAGE_SIZE"; done \
-    && useradd --create-home --uid 1000 xfer && chmod -R a+rX "$KERAS_HOME"
+    && chown -R xfer:0 "$KERAS_HOME" && chmod -R u+rwX,g+rwX,o+rX "$KERAS_HOME"
 USER xfer
 WORKDIR /home/xfer
 # KFP and Vertex give each step its own command (TFX's v2 container entrypoint);

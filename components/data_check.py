@@ -53,8 +53,22 @@ def anomaly_lines(anomalies_uri: str) -> list[str]:
 class _Check(beam.DoFn):
     """(file, split) -> every record, tagged good or bad, with its index in the file."""
 
-    def __init__(self, image_key: str):
-        self.image_key = image_key
+    def __init__(self, image_key: str, label_key: str, num_classes: int):
+        self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes
+
+    def _label_problem(self, features) -> str:
+        """Why the record's label cannot train, or '' (string labels get a vocabulary
+        in Transform: only their presence is checked)."""
+        if self.label_key not in features:
+            return f"no label: feature '{self.label_key}' is missing"
+        f = features[self.label_key]
+        values = list(f.int64_list.value) or list(f.bytes_list.value)
+        if len(values) != 1:
+            return f"label '{self.label_key}' has {len(values)} values, not 1"
+        if f.int64_list.value and self.num_classes and not 0 <= values[0] < self.num_classes:
+            return (f"label {values[0]} is outside the {self.num_classes} classes (0 to "
+                    f"{self.num_classes - 1}) of data.labels_file / data.num_classes")
+        return ""
 
     def process(self, item):
         import tensorflow as tf
@@ -74,6 +88,7 @@ class _Check(beam.DoFn):
                     reason = f"feature '{self.image_key}' has {len(values)} values, not 1"
                 else:
                     tf.io.decode_image(values[0], channels=3, expand_animations=False)
+                    reason = self._label_problem(features) or None
             except tf.errors.InvalidArgumentError as e:
                 # "{{function_node ...}} Invalid PNG. ... [Op:DecodeImage]" -> "Invalid PNG. ..."
                 msg = e.message.splitlines()[0].split("}}")[-1].split("[Op:")[0].strip()
@@ -85,6 +100,13 @@ class _Check(beam.DoFn):
                     "split": split, "file": path, "index": index, "id": ident, "reason": reason})
             else:
                 yield split, raw
+
+
+def _write_json_counts(counts: list, path: str) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(dict(counts)))
 
 
 def _write_json(bad: list, path: str) -> None:
@@ -105,8 +127,11 @@ def DataCheck(
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     checked_examples: OutputArtifact[standard_artifacts.Examples],
     image_key: Parameter[str],
+    label_key: Parameter[str],
+    num_classes: Parameter[int],
     on_anomaly: Parameter[str],
     on_bad_image: Parameter[str],
+    max_bad_fraction: Parameter[float],
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     import tensorflow as tf
@@ -126,9 +151,12 @@ def DataCheck(
     files = [(f, split) for split in splits
              for f in sorted(tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{split}", "*")))]
     bad_path = os.path.join(checked_examples.uri, "bad_records.json")
+    counts_path = os.path.join(checked_examples.uri, "good_records.json")
     with beam_pipeline as p:
         checked = (p | "Files" >> beam.Create(files) | "Reshuffle" >> beam.Reshuffle()
-                   | "Check" >> beam.ParDo(_Check(image_key)).with_outputs("bad", main="good"))
+                   | "Check" >> beam.ParDo(_Check(image_key, label_key, num_classes)).with_outputs("bad", main="good"))
+        _ = (checked.good | "Splits" >> beam.Map(lambda kv: kv[0]) | "PerSplit" >> beam.combiners.Count.PerElement()
+             | "AllCounts" >> beam.combiners.ToList() | "WriteCounts" >> beam.Map(_write_json_counts, counts_path))
         for split in splits:
             _ = (checked.good
                  | f"Only{split}" >> beam.Filter(lambda kv, s=split: kv[0] == s)
@@ -148,14 +176,23 @@ def DataCheck(
         if examples.has_custom_property(name):
             checked_examples.set_int_custom_property(name, examples.get_int_custom_property(name))
     checked_examples.set_int_custom_property("bad_records", len(bad))
+    shown = "; ".join(_describe(b) for b in bad[:SHOWN]) + (
+        f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else "")
     if bad and on_bad_image == "fail":
-        shown = "; ".join(_describe(b) for b in bad[:SHOWN])
-        more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
         raise DataCheckFailed(
-            f"{len(bad)} record(s) have no decodable image and data.on_bad_image is fail: {shown}{more}. "
-            f"Remove or re-encode them (xfer data import-folder re-encodes what TensorFlow cannot "
-            f"read), or set data.on_bad_image: skip to drop and count them")
+            f"{len(bad)} bad record(s) (an image that does not decode, or a label that cannot train) "
+            f"and data.on_bad_image is fail: {shown}. Fix or remove them (xfer data import-folder "
+            f"re-encodes what TensorFlow cannot read), or set data.on_bad_image: skip to drop and "
+            f"count them")
+    good = json.loads(tf.io.gfile.GFile(counts_path).read())
+    for split in splits:
+        dropped = sum(1 for b in bad if b["split"] == split)
+        total = dropped + good.get(split, 0)
+        if dropped and dropped > max_bad_fraction * total:
+            raise DataCheckFailed(
+                f"split {split}: {dropped} of {total} records are bad ({dropped / total:.1%}), more than "
+                f"data.max_bad_fraction {max_bad_fraction:g} allows to skip: {shown}. Fix the data, or "
+                f"raise data.max_bad_fraction if dropping them is right")
     if bad:
-        print(f"[xfer] skipped {len(bad)} record(s) whose image does not decode "
-              f"(data.on_bad_image: skip): " + "; ".join(_describe(b) for b in bad[:SHOWN])
-              + f"; all listed in {bad_path}", flush=True)
+        print(f"[xfer] skipped {len(bad)} bad record(s) (data.on_bad_image: skip): {shown}; "
+              f"all listed in {bad_path}", flush=True)

@@ -8,7 +8,11 @@ whose Trainer came from cache pushes the same model again. Here:
 - a version is copied into a hidden temporary folder and renamed into place (atomic on
   a local filesystem); on object stores (gs://), where there is no rename, a
   `_XFER_COMPLETE` marker is written last and readers (`xfer predict`) require it;
+- numbering continues after the highest numbered folder already there, complete or
+  not, made by xfer or not (a destination that already holds `1/`, `2/` gets `3/`);
+  only complete versions (with the marker) count as served;
 - a blessed model that is already the latest version creates no new version;
+- a failed push leaves no staging folder behind (it is removed, the error re-raised);
 - `push.keep` bounds how many versions stay (oldest removed first);
 - with `push.tflite`, the version also holds `assets.extra/model.tflite`, written
   before the version becomes visible. It is made here, not in the Trainer, so turning
@@ -46,6 +50,15 @@ def complete_versions(base: str) -> list[int]:
     return sorted(versions)
 
 
+def highest_version(base: str) -> int:
+    """The highest numbered folder under `base`, complete or not (0 if none): the next
+    version must not collide with any of them, whoever wrote them."""
+    if not tf.io.gfile.exists(base):
+        return 0
+    numbers = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(base) if n.rstrip("/").isdigit()]
+    return max(numbers, default=0)
+
+
 def latest_version_dir(base: str) -> Optional[str]:
     versions = complete_versions(base)
     return os.path.join(base, str(versions[-1])) if versions else None
@@ -72,16 +85,26 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
         # The same model asking for another export is a new version: a version never changes.
         if _source_of(latest) == source:
             return latest, False
-    version = (versions[-1] + 1) if versions else 1
+    # After every numbered folder there, not only the complete ones: foreign or
+    # half-written folders are left alone, and never collided with.
+    version = highest_version(base) + 1
     final = os.path.join(base, str(version))
     tf.io.gfile.makedirs(base)
     if "://" in base:
         # No atomic rename on object stores: copy in place, then the marker, last.
-        _write_version(model_path, final, source)
+        target = final
     else:
-        staging = os.path.join(base, f".staging-{version}-{uuid.uuid4().hex[:8]}")
-        _write_version(model_path, staging, source)
-        os.rename(staging, final)  # readers see no version or the whole version
+        target = os.path.join(base, f".staging-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_version(model_path, target, source)
+        if target != final:
+            os.rename(target, final)  # readers see no version or the whole version
+    except BaseException:
+        # Nothing half-written stays behind (a KeyboardInterrupt too); a SIGKILL cannot
+        # be caught: its staging folder is hidden from readers and never numbered.
+        if tf.io.gfile.exists(target):
+            tf.io.gfile.rmtree(target)
+        raise
     if keep:
         for old in versions[: max(0, len(versions) + 1 - keep)]:
             tf.io.gfile.rmtree(os.path.join(base, str(old)))

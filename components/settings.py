@@ -64,8 +64,11 @@ class DataConfig(_Strict):
         "fail", description="ExampleValidator anomalies stop the run before Transform (fail) or are "
                             "printed and the run goes on (warn).")
     on_bad_image: Literal["fail", "skip"] = Field(
-        "fail", description="A record whose image does not decode stops the run, naming it (fail), "
-                            "or is dropped and counted (skip).")
+        "fail", description="A record whose image does not decode, or whose label is missing or outside "
+                            "the classes, stops the run, naming it (fail), or is dropped and counted (skip).")
+    max_bad_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="With on_bad_image: skip, the most of a split that may be "
+                                          "dropped; more fails the run (the data is broken, not noisy).")
 
     @model_validator(mode="after")
     def _one_source(self):

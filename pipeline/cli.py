@@ -320,12 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # --help or a usage error, printed: a closed pipe shows in this flush
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            errors.quiet_broken_pipe()
+        raise
     if getattr(args, "image_size", 0) is None:
         args.image_size = [224]
     progress.configure(args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone (`xfer runs | head -1`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return errors.quiet_broken_pipe()
     except Exception as e:  # noqa: BLE001 - the user's error first, the trace in a file
         if args.verbose and not isinstance(e, ConfigError):
             raise

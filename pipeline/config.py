@@ -31,13 +31,23 @@ def shipped_configs() -> list[str]:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A file path, or the name of a shipped config (demo, local, kubeflow)."""
+    """A file path, or the name of a shipped config (demo, local, kubeflow).
+
+    A file wins over a shipped name (`demo` the file in the working directory); a
+    shipped name wins over a folder of that name (`runs/`, `demo/` lying around); a
+    folder that is no shipped name is an error naming it."""
     p = Path(name_or_path)
-    if p.exists():
+    if p.is_file():
         return p
     shipped = SHIPPED_DIR / f"{name_or_path}.yaml"
-    if shipped.exists():
+    if "/" not in name_or_path and shipped.is_file():
         return shipped
+    if p.is_dir():
+        raise ConfigError(
+            f"config '{name_or_path}' is a folder ({p.resolve()}), not a YAML file; give a path to "
+            f"a YAML file or one of the shipped configs: {', '.join(shipped_configs())}")
+    if p.exists():  # a fifo, /dev/stdin, ...: let the reader try
+        return p
     raise ConfigError(
         f"config file '{name_or_path}' not found; give a path to a YAML file or one of the "
         f"shipped configs: {', '.join(shipped_configs())}")
@@ -57,7 +67,20 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _merge(into: dict, value: dict) -> dict:
+    """`value` merged into `into`, recursively: keys not named keep their values."""
+    for k, v in value.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Each `--set key.path=value` in order. A mapping value merges into the section
+    already there (recursively): `--set 'model={backbone: vgg16}'` changes the backbone
+    and keeps the weights and image size. Any other value replaces; `{}` changes nothing."""
     for item in overrides or []:
         path, value = _parse_override(item)
         node = raw
@@ -68,7 +91,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {item}: '{part}' is a value, not a section")
             node = nxt
-        node[path[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+            _merge(node[path[-1]], value)
+        else:
+            node[path[-1]] = value
     return raw
 
 

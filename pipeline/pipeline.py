@@ -151,6 +151,20 @@ def _vertex_training(config: Config) -> dict:
                 "container_spec": {"image_uri": config.kubeflow.image}}]}}
 
 
+def _class_count(config: Config) -> int:
+    """The number of classes DataCheck checks integer labels against; 0 when only
+    Transform's vocabulary will know (string labels, or a labels file not readable here)."""
+    if config.data.num_classes:
+        return config.data.num_classes
+    if config.data.labels_file:
+        from xfer.components.labels import read_labels_file
+        try:
+            return len(read_labels_file(config.data.labels_file))
+        except Exception:  # noqa: BLE001 - e.g. gs:// without credentials at compile time
+            return 0
+    return 0
+
+
 def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
     fingerprint = code_fingerprint()
     example_gen = ImportExampleGen(
@@ -179,8 +193,11 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         examples=example_gen.outputs["examples"],
         anomalies=example_validator.outputs["anomalies"],
         image_key=config.data.image_key,
+        label_key=config.data.label_key,
+        num_classes=_class_count(config),
         on_anomaly=config.data.on_anomaly,
-        on_bad_image=config.data.on_bad_image).with_id("DataCheck")
+        on_bad_image=config.data.on_bad_image,
+        max_bad_fraction=config.data.max_bad_fraction).with_id("DataCheck")
     examples = data_check.outputs["checked_examples"]
 
     # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer

@@ -132,3 +132,47 @@ def test_help_explains_every_subcommand():
     assert "transfer learning" in out and "run" in out and "compile" in out
     for sub in ("run", "compile"):
         assert "--config" in xfer(sub, "--help").stdout
+
+
+def test_set_of_a_mapping_merges_into_the_section():
+    c = load_config("demo", ["model={backbone: resnet50}"])
+    assert c.model.backbone == "resnet50"
+    # demo.yaml's other model keys stay (a replace would give imagenet weights, size 224).
+    assert c.model.weights == "none" and c.model.image_size == 32
+    assert c.model.head.pooling == "flatten" and c.model.head.dense == [256]
+    # Recursively: a nested mapping merges too; a non-mapping value still replaces.
+    c = load_config("demo", ["model={head: {dropout: 0.1}}", "train={batch_size: 8}"])
+    assert c.model.head.dropout == 0.1 and c.model.head.dense == [256] and c.model.image_size == 32
+    assert c.train.batch_size == 8 and c.train.transfer.epochs == load_config("demo").train.transfer.epochs
+    assert load_config("demo", ["model.head.dense=[4, 2]"]).model.head.dense == [4, 2]
+    # A key the section does not have is still refused, by its full name.
+    with pytest.raises(ConfigError, match="unknown key 'model.bakbone'"):
+        load_config("demo", ["model={bakbone: vgg16}"])
+
+
+def test_shipped_name_wins_over_a_folder_a_file_over_a_shipped_name(tmp_path, monkeypatch):
+    from xfer.pipeline.config import SHIPPED_DIR, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert resolve_config_path("demo") == SHIPPED_DIR / "demo.yaml"
+    assert load_config("demo").name == load_config(str(SHIPPED_DIR / "demo.yaml")).name
+    # A folder that is no shipped name: a config error naming it.
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match=r"config 'mine' is a folder .*mine\), not a YAML file"):
+        load_config("mine")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config("./demo")  # a path, not a name
+    # A YAML file named like a shipped config is still the file.
+    (tmp_path / "local").write_text("name: my-local\ndata: {builtin: digits}\n")
+    assert load_config("local").name == "my-local"
+
+
+def test_cli_runs_with_a_folder_named_like_the_config(tmp_path):
+    (tmp_path / "demo").mkdir()
+    proc = xfer("runs", "--config", "demo", "--set", f"root={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    assert "IsADirectoryError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    # The shipped demo was read: its (empty) store is the one named.
+    assert proc.stderr.startswith("xfer: config error: no runs yet: ") and f"{tmp_path}/r/metadata.sqlite" in proc.stderr
+    proc = xfer("runs", "--config", "demo/", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("xfer: config error: config 'demo/' is a folder")

@@ -54,7 +54,7 @@ def test_undecodable_image_fails_naming_split_record_and_id(broken, tmp_path, ci
                 "--to", "DataCheck", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     err = proc.stderr
-    assert err.startswith("xfer: error in DataCheck: 2 record(s) have no decodable image"), err
+    assert err.startswith("xfer: error in DataCheck: 2 bad record(s)"), err
     # ImportExampleGen's copy of the file: the id names the record whatever the order
     assert f"split train, data_tfrecord-00000-of-00001.gz record 5, id {ids[0]}: image does not decode " \
            "(Invalid PNG" in err, err
@@ -65,9 +65,10 @@ def test_undecodable_image_fails_naming_split_record_and_id(broken, tmp_path, ci
 def test_skip_drops_counts_and_trains_on_the_rest(broken, tmp_path, cifar):
     data, ids = broken
     out = xfer("run", *_config(tmp_path, data, "--set", f"data.labels_file={cifar / 'labels.txt'}",
-                               "--set", "data.on_bad_image=skip", "--set", "train.augment.horizontal_flip=false",
+                               "--set", "data.on_bad_image=skip", "--set", "data.max_bad_fraction=0.05",
+                               "--set", "train.augment.horizontal_flip=false",
                                "--set", "train.batch_size=8"), "--to", "Trainer").stdout
-    assert "skipped 2 record(s) whose image does not decode" in out and ids[0] in out, out
+    assert "skipped 2 bad record(s)" in out and ids[0] in out, out
     assert "cached base features of 126 train and 128 eval images" in out, out
     assert "[xfer] Trainer done" in out
 
@@ -120,3 +121,32 @@ def test_scheduled_run_picks_the_newest_span(tmp_path, cifar):
     spans = {step: sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples")
                           if f"/{step}/" in a.uri) for step in ("ImportExampleGen", "DataCheck")}
     assert spans == {"ImportExampleGen": [1, 2], "DataCheck": [1, 2]}
+
+
+def test_skip_never_drops_more_than_max_bad_fraction(broken, tmp_path, cifar):
+    data, _ = broken
+    proc = xfer("run", *_config(tmp_path, data, "--set", f"data.labels_file={cifar / 'labels.txt'}",
+                                "--set", "data.on_bad_image=skip"), "--to", "DataCheck", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert "split train: 2 of 128 records are bad (1.6%), more than data.max_bad_fraction 0.01" in proc.stderr
+
+
+def test_a_label_outside_the_classes_is_named_by_datacheck(tmp_path, cifar):
+    """Record 300 of 384 has label 99: past the 256 records the preflight samples, so
+    DataCheck, which reads every record, must name it before Transform and training."""
+    import tensorflow as tf
+
+    data = tmp_path / "data"
+    records = list(tf.data.TFRecordDataset(str(cifar / "train" / "cifar10_train.tfrecord")).as_numpy_iterator()) * 3
+    (data / "train").mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(data / "train" / "part.tfrecord")) as w:
+        for i, raw in enumerate(records):
+            f = tf.train.Example.FromString(raw).features.feature
+            label = 99 if i == 300 else f["label"].int64_list.value[0]
+            w.write(image_example(f["image"].bytes_list.value[0], label, id=f"r{i}"))
+    _copy(cifar / "test" / "cifar10_test.tfrecord", data / "eval" / "part.tfrecord")
+    proc = xfer("run", *_config(tmp_path / "root", data, "--set", f"data.labels_file={cifar / 'labels.txt'}"),
+                "--to", "DataCheck", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "xfer: error in DataCheck: 1 bad record(s)" in proc.stderr, proc.stderr
+    assert "id r300: label 99 is outside the 10 classes (0 to 9)" in proc.stderr, proc.stderr

@@ -131,3 +131,48 @@ def test_tflite_is_written_into_the_version_before_it_is_visible(tmp_path, monke
     # The same model and the same export again: no new version, no new TFLite.
     assert push().get_int_custom_property("new_version") == 0 and len(seen) == 1
     assert pusher.complete_versions(str(base)) == [1, 2]
+
+
+def test_foreign_numbered_folders_are_skipped_and_left_untouched(tmp_path):
+    """A destination that already holds `1/`, `2/` not made by xfer (no complete marker):
+    the next version is 3, the foreign folders keep every byte, and nothing is staged."""
+    base = tmp_path / "serving"
+    for n in ("1", "2"):
+        (base / n / "variables").mkdir(parents=True)
+        (base / n / "saved_model.pb").write_bytes(f"foreign {n}".encode())
+    before = {p: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    assert pusher.complete_versions(str(base)) == []  # not xfer's: not served
+    m = fake_model(tmp_path)
+    assert pusher.push_version(m, "uri://m", str(base), keep=1) == (str(base / "3"), True)
+    assert sorted(os.listdir(base)) == ["1", "2", "3"]
+    assert {p: p.read_bytes() for p in before} == before
+    assert pusher.complete_versions(str(base)) == [3]
+    # Numbering goes on after the highest folder, complete or not; a repeat adds none.
+    (base / "7").mkdir()
+    assert pusher.push_version(m, "uri://m", str(base), keep=None) == (str(base / "3"), False)
+    assert pusher.push_version(fake_model(tmp_path, "m2"), "uri://m2", str(base), keep=None) == \
+        (str(base / "8"), True)
+
+
+@pytest.mark.parametrize("failing", ["tflite", "marker"])
+def test_a_failure_mid_push_leaves_no_staging_folder(tmp_path, monkeypatch, failing):
+    base = tmp_path / "serving"
+    pusher.push_version(fake_model(tmp_path, "m1"), "uri://1", str(base), keep=None)
+    if failing == "tflite":
+        def broken_tflite(model_path, version_dir):
+            os.makedirs(os.path.join(version_dir, "assets.extra"))
+            raise RuntimeError("converter failed")
+        monkeypatch.setattr(pusher, "write_tflite", broken_tflite)
+    else:
+        real_gfile = pusher.tf.io.gfile.GFile
+
+        def gfile(path, mode="r"):
+            if path.endswith(pusher.COMPLETE_MARKER) and "w" in mode:
+                raise OSError("disk full")
+            return real_gfile(path, mode)
+        monkeypatch.setattr(pusher.tf.io.gfile, "GFile", gfile)
+    with pytest.raises((RuntimeError, OSError), match="converter failed|disk full"):
+        pusher.push_version(fake_model(tmp_path, "m2"), "uri://2", str(base), keep=None,
+                            tflite=failing == "tflite")
+    assert sorted(os.listdir(base)) == ["1"]  # no .staging-*, no half version
+    assert pusher.complete_versions(str(base)) == [1]

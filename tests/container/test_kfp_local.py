@@ -29,23 +29,13 @@ import time
 from pathlib import Path
 
 import pytest
+from docker_env import IMAGE, docker_ready
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("XFER_TEST_IMAGE", "xfer:test")
 CIFAR = REPO.parent / "shared" / "data" / "cifar10_subset"
 IMAGE_UID = 1000  # the image's USER xfer (Dockerfile); kfp.local passes no user
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
-
-
-def _docker_ready() -> str:
-    if not shutil.which("docker"):
-        return "no docker client"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode:
-        return "no Docker daemon answers"
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
-        return f"image {IMAGE} not built (tests/container/setup.sh builds it)"
-    return ""
 
 
 def _write_span(data: Path, span: int, train: list, test: list) -> None:
@@ -137,7 +127,7 @@ def _remove_containers(root: Path) -> None:
 
 
 def test_kfp_local_runs_the_compiled_spec_twice_new_span_and_served_baseline(tmp_path, monkeypatch):
-    why = _docker_ready()
+    why = docker_ready()
     if why:
         pytest.skip(why)
     import xfer.components  # noqa: F401
