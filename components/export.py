@@ -1,21 +1,38 @@
 """The exported SavedModel and its signatures.
 
-- serving_default: raw encoded image bytes (any format and size) -> probabilities,
-  class_id, class_name. Clients send files as they are; the transform graph inside
-  decodes and resizes exactly as in training.
-- serving_examples: serialized tf.Example (raw features) -> the same outputs.
+- serving_default: raw encoded image bytes [batch] (any format and size) -> probabilities,
+  class_id, class_name, error. Clients send files as they are; the transform graph inside
+  decodes and resizes exactly as in training. Each image is judged on its own (see
+  components/image_guard.py): its dimensions are read from its header before anything is
+  decoded, an image above `serving.max_pixels` is refused undecoded, and an image that is
+  empty, too large or not decodable gets its reason in `error`, probabilities of zeros,
+  class_id -1 and class_name "", while the others in the batch are still classified. An
+  empty batch returns empty outputs; a batch above `serving.max_batch` fails the request.
+- serving_examples: serialized tf.Example (raw features) -> the same outputs, by the same
+  per-example rules (a record that does not parse is an error of its own).
 - transform_features: serialized tf.Example -> transformed features, for TFMA.
+
+The limits are written beside the model in assets.extra/serving.json (write_serving_json).
 """
 from __future__ import annotations
+
+import json
+import os
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from xfer.components.transform import IMAGE
+from xfer.components import image_guard
+from xfer.components.settings import ServingConfig
+from xfer.components.transform import IMAGE, decode_image
 
 SERVING_EXAMPLES = "serving_examples"
 TRANSFORM_FEATURES = "transform_features"
 PREDICTION_KEY = "probabilities"
+ERROR_KEY = "error"
+OUTPUTS = (PREDICTION_KEY, "class_id", "class_name", ERROR_KEY)
+SERVING_JSON = os.path.join("assets.extra", "serving.json")
 TFLITE_FILE = "model.tflite"
 
 
@@ -31,27 +48,49 @@ def _raw_image_feature(images: tf.Tensor, spec) -> tf.Tensor:
 
 
 def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_key: str,
-               class_names: list[str]) -> dict:
+               class_names: list[str], serving: Optional[ServingConfig] = None) -> dict:
+    serving = serving or ServingConfig()
     model.tft_layer = tft_output.transform_features_layer()  # tracked, so saved with the model
     raw_spec = tft_output.raw_feature_spec()
     # Clients send only the image; ids, file names and the label are not needed to predict.
     serving_spec = {image_key: raw_spec[image_key]}
     names = tf.constant(class_names)
+    size = model.input_shape[1]
 
-    def predict(transformed):
-        probabilities = model(transformed[IMAGE], training=False)
-        class_id = tf.argmax(probabilities, axis=-1)
-        return {PREDICTION_KEY: probabilities, "class_id": class_id,
-                "class_name": tf.gather(names, class_id)}
+    def decode_one(encoded):
+        # The very function preprocessing_fn maps over the batch (components/transform.py),
+        # so served pixels are the trained-on ones (tested equal to the transform graph's
+        # output). Calling the TFT layer per image here works too, but halves throughput:
+        # its map_fn is rebuilt for every image inside tf.data.
+        return decode_image(encoded, size)
+
+    def classify(images, errors_before=None):
+        guarded = image_guard.decode_batch(images, decode_one, size, serving.max_pixels,
+                                           serving.max_batch)
+        ok = tf.equal(guarded.error, "")
+        if errors_before is not None:
+            ok = tf.logical_and(ok, tf.equal(errors_before, ""))
+        good = tf.where(ok)  # [k, 1]
+        probabilities = model(tf.gather_nd(guarded.images, good), training=False)
+        n = tf.shape(images, out_type=tf.int64)[0]
+        probabilities = tf.scatter_nd(good, probabilities,
+                                      tf.stack([n, tf.constant(len(class_names), tf.int64)]))
+        class_id = tf.where(ok, tf.argmax(probabilities, axis=-1), tf.constant(-1, tf.int64))
+        class_name = tf.where(ok, tf.gather(names, tf.maximum(class_id, 0)), "")
+        error = guarded.error if errors_before is None else tf.where(
+            tf.equal(errors_before, ""), guarded.error, errors_before)
+        return {PREDICTION_KEY: probabilities, "class_id": class_id, "class_name": class_name,
+                ERROR_KEY: error}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(images):
-        raw = {image_key: _raw_image_feature(images, raw_spec[image_key])}
-        return predict(model.tft_layer(raw))
+        return classify(images)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(examples):
-        return predict(model.tft_layer(tf.io.parse_example(examples, serving_spec)))
+        images, errors = image_guard.parse_images(examples, image_key, raw_spec[image_key],
+                                                  serving.max_batch)
+        return classify(images, errors)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(examples):
@@ -62,6 +101,20 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
         SERVING_EXAMPLES: serve_examples.get_concrete_function(),
         TRANSFORM_FEATURES: transform_features.get_concrete_function(),
     }
+
+
+def write_serving_json(model_dir: str, image_size: int, serving: Optional[ServingConfig] = None) -> str:
+    """assets.extra/serving.json: the limits a client must respect, read by `xfer predict`."""
+    serving = serving or ServingConfig()
+    path = os.path.join(model_dir, SERVING_JSON)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump({"max_pixels": serving.max_pixels, "max_batch": serving.max_batch,
+                   "image_size": image_size, "input": "images: encoded JPEG, PNG, GIF or BMP bytes [batch]",
+                   "outputs": list(OUTPUTS),
+                   "error": "empty when the image was classified; else why not (then probabilities are "
+                            "zeros, class_id -1, class_name empty)"}, f, indent=1)
+    return path
 
 
 def write_tflite(model: tf.keras.Model, path: str) -> None:

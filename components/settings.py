@@ -226,6 +226,17 @@ class PushConfig(_Strict):
         None, description="Also register each new version in the Vertex AI Model Registry (gs:// destination).")
 
 
+class ServingConfig(_Strict):
+    """Limits the exported signatures enforce on untrusted requests (recorded beside the
+    model in assets.extra/serving.json)."""
+    max_pixels: int = Field(
+        40_000_000, ge=1,
+        description="An image whose header says width x height is above this is refused undecoded "
+                    "(a per-image error); decoding one costs about 15 bytes per pixel.")
+    max_batch: int = Field(
+        256, ge=1, description="Images (or examples) per request; a larger request is refused whole.")
+
+
 class ResourcesConfig(_Strict):
     cpu: Optional[float] = Field(None, gt=0, description="vCPU limit.")
     memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit in GB.")
@@ -300,6 +311,7 @@ class TrainerSettings(_StepSettings):
     num_classes: Optional[int]
     model: ModelConfig
     train: TrainConfig
+    serving: ServingConfig = Field(default_factory=lambda: ServingConfig())
 
 
 class PusherSettings(_StepSettings):
@@ -320,6 +332,7 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     push: PushConfig = Field(default_factory=PushConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
 
     @model_validator(mode="after")
@@ -349,7 +362,8 @@ class Config(_Strict):
     def trainer_settings(self, code_fingerprint: str) -> TrainerSettings:
         return TrainerSettings(code_fingerprint=code_fingerprint, image_key=self.data.image_key,
                                labels_file=self.data.labels_file, num_classes=self.data.num_classes,
-                               model=self.model.model_copy(deep=True), train=self.train.model_copy(deep=True))
+                               model=self.model.model_copy(deep=True), train=self.train.model_copy(deep=True),
+                               serving=self.serving.model_copy(deep=True))
 
     def pusher_settings(self, code_fingerprint: str) -> PusherSettings:
         registry = self.push.vertex_model_registry

@@ -236,7 +236,7 @@ def _epochs_run(history: dict) -> int:
 
 def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history) -> None:
     start = time.perf_counter()
-    sigs = export.signatures(classifier, tft_output, s.image_key, names)
+    sigs = export.signatures(classifier, tft_output, s.image_key, names, s.serving)
     # No traced layer functions: the signatures are what serving and TFMA call, and Keras
     # reloads from the layer configs; tracing every layer was 17 s of a 33 s Trainer.
     classifier.save(fn_args.serving_model_dir, save_format="tf", signatures=sigs, save_traces=False)
@@ -244,6 +244,7 @@ def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history)
     extra = os.path.join(fn_args.serving_model_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
     labels.write_labels_file(os.path.join(extra, "labels.txt"), names)
+    export.write_serving_json(fn_args.serving_model_dir, classifier.input_shape[1], s.serving)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"class_names": names, "history": _jsonable(history)}, f, indent=1)

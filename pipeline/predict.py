@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 LABELS_FILE = os.path.join("assets.extra", "labels.txt")
+SERVING_JSON = os.path.join("assets.extra", "serving.json")  # the model's limits (components/export.py)
+DEFAULT_MAX_BATCH = 256
 
 
 @dataclass
@@ -41,22 +43,28 @@ def resolve_model_dir(path: str) -> str:
     return latest
 
 
-def _readable_image(path: str) -> tuple[Optional[bytes], Optional[str]]:
+def _read(path: str) -> tuple[Optional[bytes], Optional[str]]:
+    try:
+        with open(path, "rb") as f:
+            return f.read(), None
+    except OSError as e:
+        return None, f"cannot read file: {e.strerror}"
+
+
+def _decodes(data: bytes) -> bool:
+    """Only for models exported before the per-image `error` output."""
     import tensorflow as tf
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return None, f"cannot read file: {e.strerror}"
-    try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
+        return True
     except (tf.errors.InvalidArgumentError, ValueError):
-        return None, "not a decodable image (JPEG, PNG, GIF or BMP expected)"
-    return data, None
+        return False
 
 
 def predict(model_dir: str, images: list[str], top_k: int = 3) -> list[Prediction]:
+    import json
+
     import tensorflow as tf
 
     from xfer.components.labels import read_labels_file
@@ -66,16 +74,32 @@ def predict(model_dir: str, images: list[str], top_k: int = 3) -> list[Predictio
     serve = model.signatures["serving_default"]
     names_path = os.path.join(model_dir, LABELS_FILE)
     names = read_labels_file(names_path) if tf.io.gfile.exists(names_path) else None
+    limits_path = os.path.join(model_dir, SERVING_JSON)
+    max_batch = DEFAULT_MAX_BATCH
+    if tf.io.gfile.exists(limits_path):
+        with tf.io.gfile.GFile(limits_path) as f:
+            max_batch = int(json.load(f).get("max_batch", DEFAULT_MAX_BATCH))
+    # The model judges each image itself (size from its header, decodability) and says why
+    # in `error`; the files are sent as they are, never decoded here.
+    guarded = "error" in serve.structured_outputs
 
     results = [Prediction(image=p) for p in images]
     good = []
     for r in results:
-        data, r.error = _readable_image(r.image)
+        data, r.error = _read(r.image)
+        if data is not None and not guarded and not _decodes(data):
+            data, r.error = None, "not a decodable image (JPEG, PNG, GIF or BMP expected)"
         if data is not None:
             good.append((r, data))
-    if good:
-        probs = serve(images=tf.constant([d for _, d in good]))["probabilities"].numpy()
-        for (r, _), p in zip(good, probs):
+    for start in range(0, len(good), max_batch):
+        chunk = good[start:start + max_batch]
+        out = serve(images=tf.constant([d for _, d in chunk]))
+        probs = out["probabilities"].numpy()
+        errors = out["error"].numpy() if guarded else [b""] * len(chunk)
+        for (r, _), p, error in zip(chunk, probs, errors):
+            if error:
+                r.error = error.decode("utf-8", "replace")
+                continue
             order = p.argsort()[::-1][:top_k]
             r.top = [(names[i] if names else str(i), float(p[i])) for i in order]
     return results

@@ -80,7 +80,7 @@ def test_step_settings_carry_only_what_the_step_uses():
     assert set(c.transform_settings("f").model_dump()) == {"code_fingerprint", "image_key", "label_key",
                                                            "image_size"}
     assert set(c.trainer_settings("f").model_dump()) == {"code_fingerprint", "image_key", "labels_file",
-                                                         "num_classes", "model", "train"}
+                                                         "num_classes", "model", "train", "serving"}
     assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite",
                                                         "vertex_model_registry"}
 

@@ -1,0 +1,165 @@
+"""The exported serving signatures on untrusted input (issue 16, item 1): a decompression
+bomb is refused from its header without being decoded, one bad image never fails the
+others, an empty batch is fine, an oversized batch is refused naming the limit, and the
+limits are written beside the model. A tiny real model goes through the real export path
+(export.signatures with a real transform graph, as the Trainer saves it)."""
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from settings_helpers import make_config, small_model
+from xfer.components import export
+from xfer.components.labels import write_labels_file
+from xfer.components.model import build_model
+from xfer.components.settings import ServingConfig
+from xfer.components.transform import preprocessing_fn
+from xfer.pipeline.data.records import image_example
+
+SIZE, CLASSES, MAX_BATCH = 32, 3, 8
+UNDECODABLE = b"not a decodable JPEG, PNG, GIF or BMP image"
+
+
+def encoded(fmt, mode="RGB", size=(45, 30)):
+    from sklearn.datasets import load_sample_image
+    img = Image.fromarray(load_sample_image("china.jpg")).resize(size).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+    root = tmp_path_factory.mktemp("serving-guard")
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    step = make_config(model=small_model(image_size=SIZE).model_dump()).transform_settings("test").model_dump()
+    raw = [{"image": encoded("PNG"), "label": i % CLASSES} for i in range(4)]
+    with beam.Pipeline(argv=[]) as p, tft_beam.Context(temp_dir=str(root / "tft-tmp")):
+        fn = (p | beam.Create(raw), metadata) | tft_beam.AnalyzeDataset(lambda x: preprocessing_fn(x, step))
+        _ = fn | tft_beam.WriteTransformFn(str(root / "transform"))
+    metadata_io.write_metadata(metadata, str(root / "transform" / "metadata"))
+    tft_output = tft.TFTransformOutput(str(root / "transform"))
+
+    tf.keras.utils.set_random_seed(1)
+    classifier, _ = build_model(small_model(image_size=SIZE), CLASSES)
+    names = ["cat", "dog", "owl"]
+    serving = ServingConfig(max_batch=MAX_BATCH)
+    sigs = export.signatures(classifier, tft_output, "image", names, serving)
+    model_dir = root / "model"
+    classifier.save(str(model_dir), save_format="tf", signatures=sigs, save_traces=False)
+    export.write_serving_json(str(model_dir), SIZE, serving)
+    write_labels_file(str(model_dir / "assets.extra" / "labels.txt"), names)
+    model = tf.saved_model.load(str(model_dir))
+    return {"dir": model_dir, "model": model, "serve": model.signatures["serving_default"],
+            "tft_output": tft_output}
+
+
+def test_bad_images_get_their_own_error_and_the_others_exactly_their_own_result(served):
+    serve = served["serve"]
+    png, jpeg = encoded("PNG", "L", (20, 50)), encoded("JPEG", size=(200, 150))
+    out = {k: v.numpy() for k, v in serve(images=tf.constant([png, jpeg[: len(jpeg) // 2], b"", jpeg])).items()}
+    assert out["error"].tolist() == [b"", UNDECODABLE, b"empty image", b""]
+    assert out["class_id"][1] == out["class_id"][2] == -1 and out["class_name"][1:3].tolist() == [b"", b""]
+    assert not out["probabilities"][1:3].any()
+    for i, image in ((0, png), (3, jpeg)):
+        alone = serve(images=tf.constant([image]))
+        np.testing.assert_array_equal(out["probabilities"][i], alone["probabilities"].numpy()[0])
+        assert out["class_name"][i] == alone["class_name"].numpy()[0] != b""
+    # ... and equal to the Keras model on the transform graph's own output.
+    transformed = served["tft_output"].transform_raw_features(
+        {"image": tf.constant([png, jpeg])}, drop_unused_features=True)["image"]
+    keras_model = tf.keras.models.load_model(str(served["dir"]), compile=False)
+    np.testing.assert_allclose(out["probabilities"][[0, 3]], keras_model(transformed).numpy(), atol=1e-5)
+    # Other formats, and bytes that are no image at all.
+    out = serve(images=tf.constant([encoded("GIF", "P"), encoded("BMP"), encoded("PNG", "RGBA"), b"hello"]))
+    assert out["error"].numpy().tolist() == [b"", b"", b"", UNDECODABLE]
+    # serving_examples: the same rules per example, plus a record that does not parse.
+    out = served["model"].signatures["serving_examples"](examples=tf.constant(
+        [image_example(png, 0), b"not a record", image_example(jpeg[:100], 0), image_example(jpeg, 1)]))
+    assert out["error"].numpy().tolist() == [b"", b"not a tf.Example with an 'image' image feature",
+                                             UNDECODABLE, b""]
+    assert out["class_id"].numpy()[1] == -1
+
+
+def test_empty_batch_gives_empty_outputs(served):
+    out = served["serve"](images=tf.constant([], tf.string))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "probabilities": (0, CLASSES), "class_id": (0,), "class_name": (0,), "error": (0,)}
+
+
+def test_batch_above_max_batch_is_refused_naming_the_limit(served):
+    png = encoded("PNG")
+    assert served["serve"](images=tf.constant([png] * MAX_BATCH))["error"].numpy().tolist() == [b""] * MAX_BATCH
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"batch of {MAX_BATCH + 1} images is above serving.max_batch \({MAX_BATCH}\): "
+                             r"the whole request is refused"):
+        served["serve"](images=tf.constant([png] * (MAX_BATCH + 1)))
+
+
+def test_limits_are_written_beside_the_model(served):
+    limits = json.loads((served["dir"] / "assets.extra" / "serving.json").read_text())
+    assert limits["max_pixels"] == 40_000_000 and limits["max_batch"] == MAX_BATCH
+    assert limits["image_size"] == SIZE
+    assert limits["outputs"] == ["probabilities", "class_id", "class_name", "error"]
+
+
+def test_png_bomb_is_refused_from_its_header_and_memory_stays_flat(served, tmp_path):
+    buf = io.BytesIO()
+    Image.new("L", (20000, 20000), 7).save(buf, format="PNG")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(buf.getvalue())
+    assert bomb.stat().st_size < 1_000_000
+    good = tmp_path / "good.png"
+    good.write_bytes(encoded("PNG"))
+    # A fresh process: the model loaded and warmed on a good image first, then the peak
+    # resident size (ru_maxrss, KB on Linux) before and after the bomb requests.
+    script = textwrap.dedent(f"""
+        import json, resource
+        import xfer.components
+        import tensorflow as tf
+        serve = tf.saved_model.load({str(served["dir"])!r}).signatures["serving_default"]
+        bomb, good = open({str(bomb)!r}, "rb").read(), open({str(good)!r}, "rb").read()
+        serve(images=tf.constant([good]))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        alone = serve(images=tf.constant([bomb]))
+        two = serve(images=tf.constant([bomb, good, bomb]))
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"growth_mb": (after - before) / 1024,
+                          "alone": [e.decode() for e in alone["error"].numpy()],
+                          "two": [e.decode() for e in two["error"].numpy()],
+                          "two_class_id": two["class_id"].numpy().tolist()}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    too_large = "too large: 20000x20000 pixels > serving.max_pixels (40000000)"
+    assert got["alone"] == [too_large]
+    assert got["two"] == [too_large, "", too_large] and got["two_class_id"][0] == got["two_class_id"][2] == -1
+    print(f"bomb: peak memory growth {got['growth_mb']:.1f} MB")
+    assert got["growth_mb"] < 1024, got
+
+
+def test_predict_prints_the_error_for_refused_images_and_top_classes_for_others(served, tmp_path):
+    from xfer.pipeline.predict import predict
+    good, broken, missing = tmp_path / "good.jpg", tmp_path / "broken.jpg", tmp_path / "missing.png"
+    jpeg = encoded("JPEG")
+    good.write_bytes(jpeg)
+    broken.write_bytes(jpeg[:50])
+    results = predict(str(served["dir"]), [str(good), str(broken), str(missing)], top_k=2)
+    assert results[0].error is None and [c for c, _ in results[0].top][0] in {"cat", "dog", "owl"}
+    assert results[1].line() == f"{broken}: {UNDECODABLE.decode()}"
+    assert results[2].error.startswith("cannot read file")
