@@ -25,7 +25,8 @@ demo: install
 test: install
 	$(VENV)/bin/python -m pytest -v -rs -m "not container" tests
 
-# The compiled Kubeflow pipeline run step by step in containers of the project image
+# The compiled Kubeflow pipeline run by KFP's own local executor (kfp.local, DockerRunner)
+# in containers of the project image, twice; and the image's runtime user checked
 # (needs root to start dockerd; builds a debootstrap base, as Docker Hub is unreachable).
 test-container: install
 	tests/container/setup.sh

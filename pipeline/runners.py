@@ -111,6 +111,10 @@ def pipeline_ir(pipeline):
     return ir
 
 
+# The command of every compiled step: TFX's entrypoint behind ours (components/kfp_entrypoint.py).
+STEP_COMMAND = ("python", "-m", "xfer.components.kfp_entrypoint")
+
+
 def compile_kubeflow(config: Config, out: str) -> str:
     """Write the KFP v2 pipeline spec (PipelineJob JSON) for Kubeflow Pipelines / Vertex."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
