@@ -1,6 +1,8 @@
 """The step entrypoint (components/kfp_entrypoint.py) under what the open-source KFP
 launcher hands a step: input artifacts with an empty type, no lifecycle hook run."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,7 +120,9 @@ def test_import_example_gen_resolves_the_newest_span_inside_the_step(tmp_path):
     ei.outputs.output_file = str(tmp_path / "out" / "executor_output.json")
     args = [json_format.MessageToJson(ei) if a == "{{$}}" else a for a in container["args"]]
 
-    kfp_entrypoint.run(kfp_entrypoint.prepare(args))
+    # As the container runs it: its own process (absl parses that process's flags).
+    subprocess.run([sys.executable, "-m", "xfer.components.kfp_entrypoint", *args], check=True,
+                   capture_output=True)
 
     result = json.loads((tmp_path / "out" / "executor_output.json").read_text())
     examples = result["artifacts"]["examples"]["artifacts"][0]
