@@ -162,3 +162,15 @@ def load_config(name_or_path: str, overrides: Optional[list[str]] = None) -> Con
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, source=str(path))
+
+
+def class_count(config) -> Optional[int]:
+    """The number of classes the config names (data.num_classes, or the lines of
+    data.labels_file); None when only Transform's label vocabulary will know. Raises
+    when the labels file is missing or names fewer than 2 classes."""
+    if config.data.num_classes:
+        return config.data.num_classes
+    if config.data.labels_file:
+        from xfer.components.labels import read_labels_file
+        return len(read_labels_file(config.data.labels_file))
+    return None

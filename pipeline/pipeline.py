@@ -22,7 +22,7 @@ from xfer.components import pusher as versioned_pusher
 from xfer.components.baseline import ServedBaseline
 from xfer.components.data_check import DataCheck
 from xfer.components.evaluator import Evaluator
-from xfer.pipeline.config import Config
+from xfer.pipeline.config import Config, class_count
 
 TRANSFORM_FN = "xfer.components.transform.preprocessing_fn"
 RUN_FN = "xfer.components.trainer.run_fn"
@@ -152,17 +152,12 @@ def _vertex_training(config: Config) -> dict:
 
 
 def _class_count(config: Config) -> int:
-    """The number of classes DataCheck checks integer labels against; 0 when only
-    Transform's vocabulary will know (string labels, or a labels file not readable here)."""
-    if config.data.num_classes:
-        return config.data.num_classes
-    if config.data.labels_file:
-        from xfer.components.labels import read_labels_file
-        try:
-            return len(read_labels_file(config.data.labels_file))
-        except Exception:  # noqa: BLE001 - e.g. gs:// without credentials at compile time
-            return 0
-    return 0
+    """The classes DataCheck checks integer labels against; 0 when only Transform's
+    vocabulary will know (string labels, or a labels file not readable here)."""
+    try:
+        return class_count(config) or 0
+    except Exception:  # noqa: BLE001 - e.g. gs:// without credentials at compile time
+        return 0
 
 
 def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:

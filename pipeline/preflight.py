@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from xfer.components.settings import Config
-from xfer.pipeline.config import ConfigError
+from xfer.pipeline.config import ConfigError, class_count
 
 SAMPLE = 256           # records read per split
 PLACEHOLDER = "YOUR_"  # the shipped templates' placeholders (gcr.io/YOUR_PROJECT, gs://YOUR_BUCKET)
@@ -50,16 +50,6 @@ def placeholders(config: Config) -> list[str]:
                          f"(e.g. --set {key.split('[')[0]}=...)")
     walk(config.model_dump(mode="json"), "")
     return found
-
-
-def _class_count(config: Config) -> Optional[int]:
-    if config.data.num_classes:
-        return config.data.num_classes
-    path = config.data.labels_file
-    if path:
-        from xfer.components.labels import read_labels_file
-        return len(read_labels_file(path))
-    return None
 
 
 def _split_files(config: Config) -> dict[str, list[str]]:
@@ -179,7 +169,7 @@ def run(config: Config) -> Report:
     report.problems += placeholders(config)
     classes = None
     try:
-        classes = _class_count(config)
+        classes = class_count(config)
     except (ValueError, FileNotFoundError) as e:
         report.problems.append(str(e))
     if classes is not None and config.eval.top_k >= classes:
