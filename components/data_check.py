@@ -18,6 +18,8 @@ from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, 
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
+from xfer.components.import_gen import fingerprint, read_provenance
+
 ID_KEYS = ("id", "filename")
 SHOWN = 10
 
@@ -97,16 +99,37 @@ class _Check(beam.DoFn):
                 reason = f"not a tf.Example: {e}"
             if reason:
                 yield beam.pvalue.TaggedOutput("bad", {
-                    "split": split, "file": path, "index": index, "id": ident, "reason": reason})
+                    "split": split, "file": path, "index": index, "id": ident, "reason": reason,
+                    "fingerprint": fingerprint(raw)})
             else:
-                yield split, raw
+                f = features[self.label_key]
+                label = f.int64_list.value[0] if f.int64_list.value else f.bytes_list.value[0].decode("utf-8", "replace")
+                yield split, raw, str(label)
+
+
+LABEL_COUNTS = "label_counts.json"
 
 
 def _write_json_counts(counts: list, path: str) -> None:
+    """{split: {label: count}} of the good records, labels as strings, sorted."""
     import tensorflow as tf
 
+    by_split: dict = {}
+    for (split, label), n in counts:
+        by_split.setdefault(split, {})[label] = n
+    ordered = {split: dict(sorted(labels.items(), key=lambda kv: (len(kv[0]), kv[0])))
+               for split, labels in sorted(by_split.items())}
     with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(dict(counts)))
+        f.write(json.dumps(ordered, indent=1))
+
+
+def read_label_counts(checked_examples_uri: str) -> dict:
+    """DataCheck's per-split, per-label counts of the records every later step reads:
+    {split: {label (str): count}}."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(checked_examples_uri, LABEL_COUNTS)) as f:
+        return json.load(f)
 
 
 def _write_json(bad: list, path: str) -> None:
@@ -118,7 +141,20 @@ def _write_json(bad: list, path: str) -> None:
 
 def _describe(bad: dict) -> str:
     ident = f", id {bad['id']}" if bad["id"] else ""
-    return f"split {bad['split']}, {os.path.basename(bad['file'])} record {bad['index']}{ident}: {bad['reason']}"
+    where = (f"{bad['source']} record {bad['source_index']}" if bad.get("source")
+             else f"{os.path.basename(bad['file'])} record {bad['index']}")
+    return f"split {bad['split']}, {where}{ident}: {bad['reason']}"
+
+
+def _trace_to_source(bad: list, examples_uri: str) -> None:
+    """Name each bad record by the user's file and record index (ImportExampleGen's
+    provenance), besides this step's input copy."""
+    if not bad:
+        return
+    sources = read_provenance(examples_uri)
+    for b in bad:
+        if b["fingerprint"] in sources:
+            b["source"], b["source_index"] = sources[b["fingerprint"]]
 
 
 @component(use_beam=True)
@@ -151,11 +187,12 @@ def DataCheck(
     files = [(f, split) for split in splits
              for f in sorted(tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{split}", "*")))]
     bad_path = os.path.join(checked_examples.uri, "bad_records.json")
-    counts_path = os.path.join(checked_examples.uri, "good_records.json")
+    counts_path = os.path.join(checked_examples.uri, LABEL_COUNTS)
     with beam_pipeline as p:
         checked = (p | "Files" >> beam.Create(files) | "Reshuffle" >> beam.Reshuffle()
                    | "Check" >> beam.ParDo(_Check(image_key, label_key, num_classes)).with_outputs("bad", main="good"))
-        _ = (checked.good | "Splits" >> beam.Map(lambda kv: kv[0]) | "PerSplit" >> beam.combiners.Count.PerElement()
+        _ = (checked.good | "Labels" >> beam.Map(lambda kv: (kv[0], kv[2]))
+             | "PerLabel" >> beam.combiners.Count.PerElement()
              | "AllCounts" >> beam.combiners.ToList() | "WriteCounts" >> beam.Map(_write_json_counts, counts_path))
         for split in splits:
             _ = (checked.good
@@ -167,6 +204,9 @@ def DataCheck(
         _ = (checked.bad | "AllBad" >> beam.combiners.ToList()
              | "WriteBad" >> beam.Map(_write_json, bad_path))
     bad = json.loads(tf.io.gfile.GFile(bad_path).read())
+    _trace_to_source(bad, examples.uri)
+    if bad:
+        _write_json(bad, bad_path)
     checked_examples.split_names = examples.split_names
     # Downstream readers (Transform, TFMA) read the payload format; spans stay visible.
     for name in ("payload_format", "file_format", "input_fingerprint"):
@@ -184,7 +224,7 @@ def DataCheck(
             f"and data.on_bad_image is fail: {shown}. Fix or remove them (xfer data import-folder "
             f"re-encodes what TensorFlow cannot read), or set data.on_bad_image: skip to drop and "
             f"count them")
-    good = json.loads(tf.io.gfile.GFile(counts_path).read())
+    good = {split: sum(labels.values()) for split, labels in read_label_counts(checked_examples.uri).items()}
     for split in splits:
         dropped = sum(1 for b in bad if b["split"] == split)
         total = dropped + good.get(split, 0)

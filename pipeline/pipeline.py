@@ -22,6 +22,7 @@ from xfer.components import pusher as versioned_pusher
 from xfer.components.baseline import ServedBaseline
 from xfer.components.data_check import DataCheck
 from xfer.components.evaluator import Evaluator
+from xfer.components.import_gen import Executor as CheckedImportExecutor
 from xfer.pipeline.config import Config, class_count
 
 TRANSFORM_FN = "xfer.components.transform.preprocessing_fn"
@@ -165,7 +166,9 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
     example_gen = ImportExampleGen(
         input_base=config.data_dir,
         input_config=_input_config(config),
-        output_config=_output_config(config))
+        output_config=_output_config(config),
+        # Each input file checked at the door and each record traced to it (components/import_gen.py).
+        custom_executor_spec=executor_spec.BeamExecutorSpec(CheckedImportExecutor))
 
     # Image-domain statistics (formats, sizes) for the encoded image bytes, not UTF-8 noise.
     statistics_gen = StatisticsGen(

@@ -70,13 +70,19 @@ def _sample(files: list[str], limit: int) -> tuple[list, bool]:
     """Up to `limit` parsed tf.Examples from `files`, and whether the files hold more."""
     import tensorflow as tf
 
+    from xfer.components.import_gen import compression_of
+
     out = []
     for path in files:
-        compression = "GZIP" if path.endswith(".gz") else ""
-        for raw in tf.data.TFRecordDataset(path, compression_type=compression).take(limit + 1 - len(out)):
-            out.append(tf.train.Example.FromString(raw.numpy()))
-            if len(out) > limit:
-                return out[:limit], True
+        index = 0
+        try:
+            for raw in tf.data.TFRecordDataset(path, compression_type=compression_of(path)).take(limit + 1 - len(out)):
+                out.append(tf.train.Example.FromString(raw.numpy()))
+                index += 1
+                if len(out) > limit:
+                    return out[:limit], True
+        except Exception as e:  # noqa: BLE001 - name the file and record, then the caller's fix
+            raise ValueError(f"{path} record {index}: {str(e).splitlines()[0][:160]}") from e
     return out, False
 
 
@@ -99,8 +105,9 @@ def check_data(config: Config, report: Report, classes: Optional[int]) -> None:
         try:
             examples, more = _sample(paths, max(SAMPLE, batch))
         except Exception as e:  # noqa: BLE001 - framing, CRC, not a tf.Example: name the file
-            report.problems.append(f"{where}: cannot read the records ({str(e).splitlines()[0][:200]}); "
-                                   f"check that the files are TFRecords of tf.Example")
+            report.problems.append(f"{where}: cannot read {str(e).splitlines()[0][:300]}; "
+                                   f"the files must be TFRecords of tf.Example (remove the file, or "
+                                   f"narrow data.splits so it is not matched)")
             continue
         if not examples:
             report.problems.append(f"{where}: the files hold no records")
