@@ -8,9 +8,16 @@ image that fails to decode (truncated, corrupt, not an image) is dropped from a 
 pipeline by `ignore_errors()` instead of failing the batch, and gets its reason in
 `error`; the others are decoded and classified as usual.
 
+A GIF's cost is not in its header: TensorFlow decodes it at the size of its largest frame
+(a 296 KB GIF whose screen says 10x10 decoded here to 20000x20000x3, 1.5 GB) and reads
+every frame, so each GIF's blocks are walked first (`gif_frames`) and it is judged by
+largest frame x frame count.
+
 Error strings (the `error` output; empty when the image was classified):
   "empty image"
   "too large: {W}x{H} pixels > serving.max_pixels ({max_pixels})"
+  "too large: {W}x{H} pixels x {F} frames > serving.max_pixels ({max_pixels})"   (GIF)
+  "too large: a GIF of more than 20000 blocks (frames and their data)"
   "not a decodable JPEG, PNG, GIF or BMP image"
   "not a tf.Example with an '{image_key}' image feature"   (serving_examples only)
 A batch above `max_batch` fails the whole request with one InvalidArgumentError naming
@@ -81,6 +88,64 @@ def header_dims(images: tf.Tensor):
     return tf.cast(fmt, tf.int64), width, height
 
 
+GIF_MAX_BLOCKS = 20000  # blocks walked per GIF; more is refused (a legit 1 MB animation has ~4,000)
+
+
+def gif_frames(images: tf.Tensor, is_gif: tf.Tensor):
+    """(frames, widest frame, tallest frame, walked) of each GIF in `images` [n], by walking
+    its blocks (GIF89a spec: header, colour tables, extensions and image descriptors, each
+    followed by data sub-blocks), int64 [n] each; 0 for what is not a GIF. TensorFlow's GIF
+    decoder makes the output as large as the largest frame, whatever the header's screen
+    size says, and reads every frame even when only the first is kept, so the header alone
+    cannot bound its cost. Vectorized over the batch; the loop runs only while some GIF is
+    unfinished, at most GIF_MAX_BLOCKS times (`walked` False: the GIF has more blocks)."""
+    length = tf.cast(tf.strings.length(images), tf.int64)
+
+    def read(pos, k):
+        """k bytes at each image's pos (zeros past its end), uint8 [n, k]."""
+        at = tf.minimum(pos, length)
+        chunk = tf.strings.substr(images, at, tf.fill(tf.shape(at), tf.constant(k, tf.int64)))
+        chunk = tf.strings.substr(tf.strings.join([chunk, b"\0" * k]), 0, k)
+        return tf.cast(tf.reshape(tf.io.decode_raw(chunk, tf.uint8), [-1, k]), tf.int64)
+
+    head = read(tf.zeros_like(length), 13)
+    table = tf.where(head[:, 10] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), head[:, 10] % 8), 0)
+    zero = tf.zeros_like(length)
+    state = (tf.constant(0), 13 + table, zero, zero, zero, tf.zeros_like(is_gif), tf.logical_not(is_gif))
+
+    def step(i, pos, frames, width, height, in_blocks, done):
+        b = read(pos, 10)
+        # Inside data sub-blocks: a size byte, then that many bytes; size 0 ends them.
+        sub_next = pos + 1 + b[:, 0]
+        sub_left = tf.logical_and(in_blocks, tf.equal(b[:, 0], 0))
+        # At a block: 0x21 extension (label, then sub-blocks); 0x2C image descriptor
+        # (position, size, flags, local colour table, LZW code size, then sub-blocks);
+        # anything else (0x3B trailer, garbage, the end) ends the walk.
+        is_ext = tf.logical_and(tf.logical_not(in_blocks), tf.equal(b[:, 0], 0x21))
+        is_img = tf.logical_and(tf.logical_not(in_blocks), tf.equal(b[:, 0], 0x2C))
+        w, h = b[:, 5] + 256 * b[:, 6], b[:, 7] + 256 * b[:, 8]
+        local = tf.where(b[:, 9] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), b[:, 9] % 8), 0)
+        live = tf.logical_not(done)
+        new_pos = tf.where(in_blocks, sub_next, tf.where(is_ext, pos + 2, tf.where(is_img, pos + 11 + local, pos)))
+        ends = tf.logical_or(tf.logical_and(tf.logical_not(in_blocks), tf.logical_not(is_ext | is_img)),
+                             pos >= length)
+        counted = tf.logical_and(live, is_img)
+        return (i + 1,
+                tf.where(live, new_pos, pos),
+                frames + tf.cast(counted, tf.int64),
+                tf.where(counted, tf.maximum(width, w), width),
+                tf.where(counted, tf.maximum(height, h), height),
+                tf.where(live, tf.logical_or(is_ext | is_img, tf.logical_and(in_blocks, tf.logical_not(sub_left))),
+                         in_blocks),
+                tf.logical_or(done, ends))
+
+    _, _, frames, width, height, _, done = tf.while_loop(
+        lambda i, *rest: tf.logical_not(tf.reduce_all(rest[-1])), step, state,
+        shape_invariants=(tf.TensorShape([]),) + (tf.TensorShape([None]),) * 6,
+        maximum_iterations=GIF_MAX_BLOCKS)
+    return frames, width, height, tf.logical_or(done, tf.logical_not(is_gif))
+
+
 def check_batch_size(n: tf.Tensor, max_batch: int) -> tf.Operation:
     return tf.debugging.Assert(
         tf.less_equal(n, max_batch),
@@ -99,8 +164,12 @@ def decode_batch(images: tf.Tensor, decode_one: Callable[[tf.Tensor], tf.Tensor]
         n = tf.identity(n)
 
     fmt, width, height = header_dims(images)
+    frames, frame_w, frame_h, walked = gif_frames(images, tf.equal(fmt, GIF))
+    width, height = tf.maximum(width, frame_w), tf.maximum(height, frame_h)
+    # A GIF costs every frame it holds (see gif_frames); one not walked to its end is refused.
+    frames = tf.where(walked, tf.maximum(frames, 1), tf.constant(2 ** 31, tf.int64))
 
-    def one(index, encoded, fmt, width, height):
+    def one(index, encoded, fmt, width, height, frames):
         # No tf.cond in here: a cond in a tf.data function is instantiated on every request
         # (measured: 100+ ms a call). What is not a JPEG has a tiny JPEG's shape read instead.
         is_jpeg = tf.equal(fmt, JPEG)
@@ -108,14 +177,14 @@ def decode_batch(images: tf.Tensor, decode_one: Callable[[tf.Tensor], tf.Tensor]
         width = tf.where(is_jpeg, shape[1], width)
         height = tf.where(is_jpeg, shape[0], height)
         status = tf.where(tf.equal(fmt, UNKNOWN), tf.constant(NOT_IMAGE, tf.int64),
-                          tf.where(width * height > max_pixels, tf.constant(TOO_LARGE, tf.int64),
+                          tf.where(width * height * frames > max_pixels, tf.constant(TOO_LARGE, tf.int64),
                                    tf.constant(OK, tf.int64)))
         # A refused image is never decoded: a 1x1 PNG is decoded in its place and its
         # pixels are never used.
         image = tf.ensure_shape(decode_one(tf.where(tf.equal(status, OK), encoded, _tiny("png"))), [size, size, 3])
         return index, image, status, width, height
 
-    dataset = (tf.data.Dataset.from_tensor_slices((tf.range(n), images, fmt, width, height))
+    dataset = (tf.data.Dataset.from_tensor_slices((tf.range(n), images, fmt, width, height, frames))
                .map(one)
                .ignore_errors()  # a decode or header error drops that image only
                .batch(max_batch))  # n <= max_batch: at most one batch
@@ -129,9 +198,14 @@ def decode_batch(images: tf.Tensor, decode_one: Callable[[tf.Tensor], tf.Tensor]
     status_all = tf.tensor_scatter_nd_update(tf.fill([n], tf.constant(NOT_IMAGE, tf.int64)), where, status)
     width_all = tf.scatter_nd(where, width, [n])
     height_all = tf.scatter_nd(where, height, [n])
+    animated = tf.logical_and(tf.equal(fmt, GIF), frames > 1)
+    frame_text = tf.where(tf.logical_and(animated, walked),
+                          tf.strings.join([" x ", tf.strings.as_string(frames), " frames"]), "")
     too_large = tf.strings.join([
         "too large: ", tf.strings.as_string(width_all), "x", tf.strings.as_string(height_all),
-        f" pixels > serving.max_pixels ({max_pixels})"])
+        " pixels", frame_text, f" > serving.max_pixels ({max_pixels})"])
+    too_large = tf.where(walked, too_large,
+                         f"too large: a GIF of more than {GIF_MAX_BLOCKS} blocks (frames and their data)")
     error = tf.where(tf.equal(status_all, OK), "",
                      tf.where(tf.equal(status_all, TOO_LARGE), too_large, UNDECODABLE))
     error = tf.where(tf.equal(tf.strings.length(images), 0), EMPTY, error)

@@ -117,40 +117,92 @@ def test_limits_are_written_beside_the_model(served):
     assert limits["outputs"] == ["probabilities", "class_id", "class_name", "error"]
 
 
-def test_png_bomb_is_refused_from_its_header_and_memory_stays_flat(served, tmp_path):
+def _gif(frames, size, screen=None):
+    """A GIF of `frames` distinct one-colour frames; `screen` overrides the size its header
+    claims (the logical screen), as an attacker would."""
+    import struct
+    buf = io.BytesIO()
+    images = [Image.new("L", size, 10 + i % 200) for i in range(frames)]
+    images[0].save(buf, format="GIF", save_all=frames > 1, append_images=images[1:], duration=10, loop=0)
+    data = bytearray(buf.getvalue())
+    if screen:
+        data[6:10] = struct.pack("<HH", *screen)
+    return bytes(data)
+
+
+def _png_bomb():
     buf = io.BytesIO()
     Image.new("L", (20000, 20000), 7).save(buf, format="PNG")
-    bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(buf.getvalue())
-    assert bomb.stat().st_size < 1_000_000
+    return buf.getvalue()
+
+
+# Decompression bombs: (bytes, the error expected). Each is small on the wire.
+BOMBS = {
+    # 0.4 MB; decoded unguarded: 6.6-7 GB of process growth (issue 16).
+    "png_20000x20000": (_png_bomb, "too large: 20000x20000 pixels > serving.max_pixels (40000000)"),
+    # 0.3 MB whose header says 10x10: TensorFlow decodes its one frame at 20000x20000 (1.5 GB
+    # measured here, before any resize), so the header alone would let it through.
+    "gif_screen_says_10x10": (lambda: _gif(1, (20000, 20000), screen=(10, 10)),
+                              "too large: 20000x20000 pixels > serving.max_pixels (40000000)"),
+    # Every frame is read even when only the first is kept.
+    "gif_200_frames_of_1mp": (lambda: _gif(200, (1000, 1000)),
+                              "too large: 1000x1000 pixels x 200 frames > serving.max_pixels (40000000)"),
+}
+
+
+def test_an_animated_gif_within_the_limits_is_classified(served):
+    out = served["serve"](images=tf.constant([_gif(3, (45, 30)), _gif(1, (45, 30), screen=(45, 30))]))
+    assert out["error"].numpy().tolist() == [b"", b""]
+    assert (out["class_id"].numpy() >= 0).all()
+
+
+def test_gif_frames_walks_every_block():
+    from xfer.components.image_guard import GIF, gif_frames, header_dims
+    images = tf.constant([_gif(3, (45, 30)), _gif(1, (200, 100), screen=(10, 10)), encoded("PNG"), b"GIF8", b""])
+    frames, width, height, walked = (t.numpy().tolist() for t in
+                                     gif_frames(images, tf.equal(header_dims(images)[0], GIF)))
+    assert frames == [3, 1, 0, 0, 0] and width == [45, 200, 0, 0, 0] and height == [30, 100, 0, 0, 0]
+    assert walked == [True] * 5
+
+
+def test_bombs_are_refused_before_decoding_and_memory_stays_flat(served, tmp_path):
     good = tmp_path / "good.png"
     good.write_bytes(encoded("PNG"))
+    for name, (make, _) in BOMBS.items():
+        data = make()
+        assert len(data) < 1_000_000, (name, len(data))
+        (tmp_path / name).write_bytes(data)
     # A fresh process: the model loaded and warmed on a good image first, then the peak
-    # resident size (ru_maxrss, KB on Linux) before and after the bomb requests.
+    # resident size (ru_maxrss, KB on Linux) before and after all the bomb requests.
     script = textwrap.dedent(f"""
         import json, resource
         import xfer.components
         import tensorflow as tf
         serve = tf.saved_model.load({str(served["dir"])!r}).signatures["serving_default"]
-        bomb, good = open({str(bomb)!r}, "rb").read(), open({str(good)!r}, "rb").read()
+        good = open({str(good)!r}, "rb").read()
         serve(images=tf.constant([good]))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        alone = serve(images=tf.constant([bomb]))
-        two = serve(images=tf.constant([bomb, good, bomb]))
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({{"growth_mb": (after - before) / 1024,
-                          "alone": [e.decode() for e in alone["error"].numpy()],
-                          "two": [e.decode() for e in two["error"].numpy()],
-                          "two_class_id": two["class_id"].numpy().tolist()}}))
+        got = {{}}
+        for name in {list(BOMBS)!r}:
+            bomb = open({str(tmp_path)!r} + "/" + name, "rb").read()
+            alone = serve(images=tf.constant([bomb]))
+            mixed = serve(images=tf.constant([bomb, good, bomb]))
+            got[name] = {{"alone": [e.decode() for e in alone["error"].numpy()],
+                         "mixed": [e.decode() for e in mixed["error"].numpy()],
+                         "mixed_class_id": mixed["class_id"].numpy().tolist(),
+                         "growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}}
+        print(json.dumps(got))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    too_large = "too large: 20000x20000 pixels > serving.max_pixels (40000000)"
-    assert got["alone"] == [too_large]
-    assert got["two"] == [too_large, "", too_large] and got["two_class_id"][0] == got["two_class_id"][2] == -1
-    print(f"bomb: peak memory growth {got['growth_mb']:.1f} MB")
-    assert got["growth_mb"] < 1024, got
+    for name, (_, refused) in BOMBS.items():
+        g = got[name]
+        assert g["alone"] == [refused], (name, g)
+        assert g["mixed"] == [refused, "", refused] and g["mixed_class_id"][0] == g["mixed_class_id"][2] == -1
+        assert g["mixed_class_id"][1] >= 0
+        print(f"{name}: peak memory growth so far {g['growth_mb']:.1f} MB")
+    assert got[list(BOMBS)[-1]]["growth_mb"] < 1024, got
 
 
 def test_predict_prints_the_error_for_refused_images_and_top_classes_for_others(served, tmp_path):
