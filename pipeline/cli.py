@@ -36,12 +36,12 @@ EXIT_NOT_BLESSED = 4   # --require-blessed and the model was not blessed
 
 def cmd_run(args) -> int:
     from xfer.pipeline.runners import run_local
-    from xfer.pipeline.summary import format_summary, save_report
+    from xfer.pipeline.summary import format_summary, result, save_report, save_result
 
     from xfer.pipeline.lock import RunInProgress
 
     config = load_config(args.config, args.overrides)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     from_nodes = [args.from_node] if args.from_node else None
     to_nodes = [args.to_node] if args.to_node else None
     try:
@@ -52,7 +52,9 @@ def cmd_run(args) -> int:
         print(f"xfer: {e}", file=sys.stderr)
         return EXIT_ROOT_BUSY
     except Exception as e:
-        raise errors.step_failed(config, e) from e
+        failed = errors.step_failed(config, e)
+        _save_failed_result(config, failed, started_at)
+        raise failed from e
     if args.check:
         print(f"preflight passed in {time.perf_counter() - start:.1f}s: {config.name} can run")
         return 0
@@ -60,10 +62,25 @@ def cmd_run(args) -> int:
     print(text)
     if summary.blessing is not None:
         print(f"blessing report: {save_report(config.root, summary.run_id, text)}")
+    print(f"run result: {save_result(config.root, result(summary, config.eval))}")
     if args.require_blessed and not (summary.blessing and summary.blessing.blessed):
         print("xfer: the model was not blessed (--require-blessed)", file=sys.stderr)
         return EXIT_NOT_BLESSED
     return 0
+
+
+def _save_failed_result(config, failed: Exception, started_at: float) -> None:
+    """result.json for a run that failed in a step (none when it failed before any step ran)."""
+    from xfer.pipeline.summary import result, save_result, summarize
+
+    try:
+        summary = summarize(config.metadata_path, config.name)
+    except Exception:  # noqa: BLE001 - no store or no run yet
+        return
+    if summary.started_ms is None or summary.started_ms < started_at * 1000 - 1000:
+        return  # the newest run is an earlier one: this one never started a step
+    path = save_result(config.root, result(summary, config.eval, error=errors.root_cause(failed)))
+    print(f"run result: {path}")
 
 
 def cmd_compile(args) -> int:
@@ -81,6 +98,13 @@ def cmd_runs(args) -> int:
     from xfer.pipeline.summary import format_runs
 
     config = load_config(args.config, args.overrides)
+    if args.json:
+        import json
+
+        from xfer.pipeline.summary import runs_results
+        print(json.dumps(runs_results(existing_store(config), config.name, config.eval, last=args.last,
+                                      root=config.root), indent=1))
+        return 0
     print(format_runs(existing_store(config), config.name, last=args.last, root=config.root))
     return 0
 
@@ -213,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "version, and per component cached or executed with its duration.")
     _add_config_args(p)
     p.add_argument("--last", type=int, metavar="N", help="only the last N runs")
+    p.add_argument("--json", action="store_true",
+                   help="each run as JSON (the fields of reports/RUN/result.json), for schedulers and alerts")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("show", help="show a run's artifacts and readable views of them",

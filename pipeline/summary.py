@@ -23,6 +23,10 @@ class RunSummary:
     started_ms: Optional[int] = None
     pushed_version: Optional[str] = None
     pushed_new: bool = True  # False: the blessed model was already the latest version
+    spans: list[int] = field(default_factory=list)        # the input spans the run read
+    examples: dict[str, int] = field(default_factory=dict)  # split -> records kept by DataCheck
+    bad_records: Optional[int] = None                     # skipped by DataCheck (None: did not run)
+    bad_records_file: Optional[str] = None
 
 
 def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunSummary:
@@ -50,9 +54,81 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
                 summary.pushed_new = mlmd.custom_property(a, "new_version") != 0
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
+            elif type_name == "Examples" and node == "ImportExampleGen":
+                span = mlmd.custom_property(a, "span")
+                summary.spans = [int(span)] if span is not None else []
+            elif type_name == "Examples" and node == "DataCheck" and summary.states[node] in ("executed", "cached"):
+                summary.bad_records = int(mlmd.custom_property(a, "bad_records") or 0)
+                summary.examples = _kept(a.uri)
+                if summary.bad_records:
+                    summary.bad_records_file = os.path.join(a.uri, "bad_records.json")
     if evaluation_uri is not None:
         summary.blessing = read_blessing(evaluation_uri, bool(blessed))
     return summary
+
+
+def _kept(checked_uri: str) -> dict[str, int]:
+    from xfer.components.data_check import read_label_counts
+    try:
+        return {split: sum(labels.values()) for split, labels in read_label_counts(checked_uri).items()}
+    except Exception:  # noqa: BLE001 - a DataCheck output from before the counts were kept
+        return {}
+
+
+def status(summary: RunSummary, live_run_id: Optional[str] = None) -> str:
+    """complete | failed | running (a live process holds the root for it) | interrupted."""
+    states = set(summary.states.values())
+    if "failed" in states:
+        return "failed"
+    if "running" in states and live_run_id == summary.run_id:
+        return "running"
+    if states & {"running", "interrupted"}:
+        return "interrupted"
+    return "complete"
+
+
+def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Optional[str] = None) -> dict:
+    """The run as a scheduler or an alerting hook reads it (result.json, `xfer runs --json`)."""
+    b = summary.blessing
+    thresholds = []
+    if b is not None:
+        if ev.min_accuracy is not None:
+            thresholds.append({"key": "eval.min_accuracy", "metric": "accuracy", "kind": "min",
+                               "value": ev.min_accuracy, "candidate": b.candidate,
+                               "result": "fail" if b.value_failed else "pass"})
+        for key, kind in (("max_drop", "max_drop"), ("max_drop_relative", "max_drop_relative")):
+            if getattr(ev, key) is not None:
+                thresholds.append({"key": f"eval.{key}", "metric": "accuracy", "kind": kind,
+                                   "value": getattr(ev, key), "candidate": b.candidate, "baseline": b.baseline,
+                                   "result": ("not applied: no model served yet" if b.baseline is None
+                                              else "fail" if b.change_failed else "pass")})
+    if summary.pushed_to:
+        pushed = {"version": summary.pushed_version, "destination": summary.pushed_to,
+                  "new_version": summary.pushed_new}
+        why_not = None
+    else:
+        pushed = None
+        why_not = ("not blessed" if b is not None and not b.blessed else
+                   "the run failed" if error or status(summary, live_run_id) == "failed" else
+                   "not evaluated (the run stopped before the Evaluator)" if b is None else "not pushed")
+    return {
+        "run_id": summary.run_id,
+        "started": _when(summary.started_ms) if summary.started_ms else None,
+        "status": "failed" if error else status(summary, live_run_id),
+        "error": error,
+        "steps": summary.states,
+        "seconds": {k: round(v, 1) for k, v in summary.durations.items()},
+        "spans": summary.spans,
+        "examples": summary.examples,
+        "bad_records_skipped": summary.bad_records,
+        "bad_records_file": summary.bad_records_file,
+        "metrics": {"accuracy": b.candidate if b else None, "baseline_accuracy": b.baseline if b else None},
+        "blessed": None if b is None else b.blessed,
+        "thresholds": thresholds,
+        "pushed": pushed,
+        "not_pushed_because": why_not,
+        "model": summary.model_uri,
+    }
 
 
 def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None) -> str:
@@ -72,6 +148,9 @@ def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None
                          + (f" (baseline {b.baseline:.4f})" if b.baseline is not None else ""))
         lines.append(b.headline(ev))
         lines += b.report(ev)
+    if summary.bad_records:
+        lines.append(f"bad records skipped: {summary.bad_records} (data.on_bad_image: skip), listed in "
+                     f"{summary.bad_records_file}")
     if summary.pushed_to and summary.pushed_new:
         lines.append(f"pushed to: {summary.pushed_to} (version {summary.pushed_version})")
     elif summary.pushed_to:
@@ -84,11 +163,15 @@ def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None
     return "\n".join(lines)
 
 
+def report_folder(root: str, run_id: str) -> str:
+    return os.path.join(root, "reports", run_id.replace(":", "-"))
+
+
 def save_report(root: str, run_id: str, text: str) -> str:
     """Keep a run's summary and blessing report beside its runs (root/reports/RUN/)."""
     import tensorflow as tf
 
-    folder = os.path.join(root, "reports", run_id.replace(":", "-"))
+    folder = report_folder(root, run_id)
     tf.io.gfile.makedirs(folder)
     path = os.path.join(folder, "blessing.txt")
     with tf.io.gfile.GFile(path, "w") as f:
@@ -96,8 +179,36 @@ def save_report(root: str, run_id: str, text: str) -> str:
     return path
 
 
+def save_result(root: str, run_result: dict) -> str:
+    """root/reports/RUN/result.json, written whole (beside, then renamed) so a reader never
+    sees half of it."""
+    import json
+
+    import tensorflow as tf
+
+    folder = report_folder(root, run_result["run_id"])
+    tf.io.gfile.makedirs(folder)
+    path = os.path.join(folder, "result.json")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(run_result, indent=1) + "\n")
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    return path
+
+
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def runs_results(metadata_path: str, pipeline_name: str, ev, last: Optional[int] = None,
+                 root: Optional[str] = None) -> list[dict]:
+    """`xfer runs --json`: each run's result (see `result`), newest last."""
+    from xfer.pipeline.lock import holder
+
+    live = holder(root) if root else None
+    store = mlmd.open_store(metadata_path)
+    runs = mlmd.pipeline_runs(store, pipeline_name)[-last:] if last else mlmd.pipeline_runs(store, pipeline_name)
+    return [result(_summarize(store, run, pipeline_name), ev, live_run_id=live.run_id if live else None)
+            for run in runs]
 
 
 def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = None,
@@ -116,17 +227,13 @@ def format_runs(metadata_path: str, pipeline_name: str, last: Optional[int] = No
         s = _summarize(store, run, pipeline_name)
         b = s.blessing
         acc = f"{b.candidate:.4f}" if b and b.candidate is not None else "-"
-        states = set(s.states.values())
-        if "failed" in states:
-            status = "failed"
-        elif "running" in states and live is not None and live.run_id == s.run_id:
-            status = "running"
-        elif states & {"running", "interrupted"}:
-            status = "interrupted"
-        else:
-            status = "complete"
+        data = ""
+        if s.examples or s.bad_records is not None:
+            data = ("  examples " + "/".join(f"{k} {v}" for k, v in s.examples.items())
+                    + f"  bad records skipped {s.bad_records or 0}")
         lines.append(f"{s.run_id}  started {_when(s.started_ms) if s.started_ms else '-'}  "
-                     f"{status}  accuracy {acc}  "
+                     f"{status(s, live.run_id if live else None)}  "
+                     f"span {','.join(map(str, s.spans)) or '-'}{data}  accuracy {acc}  "
                      f"{'blessed' if b and b.blessed else 'not blessed' if b else 'not evaluated'}  "
                      f"pushed {s.pushed_version or '-'}")
         for component, state in s.states.items():

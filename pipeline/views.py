@@ -199,6 +199,37 @@ def run_artifacts(metadata_path: str, pipeline_name: str, run_id: Optional[str])
     return run.name, out
 
 
+def view_checked(uri: str, bad_records) -> list[str]:
+    """DataCheck's output: records kept per split and label, and the bad records skipped,
+    named by the user's file and record index."""
+    import json
+
+    import tensorflow as tf
+
+    from xfer.components.data_check import read_label_counts
+
+    lines = []
+    try:
+        for split, labels in read_label_counts(uri).items():
+            lines.append(f"  {split}: {sum(labels.values())} records kept; per label: "
+                         + ", ".join(f"{k}:{v}" for k, v in labels.items()))
+    except Exception:  # noqa: BLE001 - an output from before the counts were kept
+        pass
+    path = os.path.join(uri, "bad_records.json")
+    if bad_records and tf.io.gfile.exists(path):
+        bad = json.loads(tf.io.gfile.GFile(path).read())
+        lines.append(f"  bad records skipped (data.on_bad_image: skip): {len(bad)}, all in {path}")
+        for b in bad[:10]:
+            where = (f"{b['source']} record {b['source_index']}" if b.get("source")
+                     else f"{b['file']} record {b['index']}")
+            lines.append(f"    split {b['split']}, {where}{', id ' + b['id'] if b.get('id') else ''}: {b['reason']}")
+        if len(bad) > 10:
+            lines.append(f"    ... and {len(bad) - 10} more")
+    else:
+        lines.append("  bad records skipped: 0")
+    return lines
+
+
 VIEWS = {"ExampleStatistics": view_statistics, "Schema": view_schema,
          "ExampleAnomalies": view_anomalies, "TransformGraph": view_transform,
          "ModelRun": view_model_run}
@@ -222,6 +253,8 @@ def format_show(metadata_path: str, pipeline_name: str, run_id: str, ev,
             lines.append(f"  {type_name}: {a.uri}")
             if type_name == "Examples" and node == "ImportExampleGen":
                 lines += ["  " + line for line in label_distribution(a.uri, label_key)]
+            elif type_name == "Examples" and node == "DataCheck":
+                lines += ["  " + line for line in view_checked(a.uri, mlmd.custom_property(a, "bad_records"))]
             elif type_name in VIEWS:
                 lines += ["  " + line for line in VIEWS[type_name](a.uri)]
             elif type_name == "ModelEvaluation":

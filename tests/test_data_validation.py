@@ -55,8 +55,8 @@ def test_undecodable_image_fails_naming_split_record_and_id(broken, tmp_path, ci
     assert proc.returncode == 1, proc.stdout + proc.stderr
     err = proc.stderr
     assert err.startswith("xfer: error in DataCheck: 2 bad record(s)"), err
-    # ImportExampleGen's copy of the file: the id names the record whatever the order
-    assert f"split train, data_tfrecord-00000-of-00001.gz record 5, id {ids[0]}: image does not decode " \
+    # Named by the user's file and record index (ImportExampleGen's provenance), and the id
+    assert f"split train, {data / 'train' / 'part.tfrecord'} record 5, id {ids[0]}: image does not decode " \
            "(Invalid PNG" in err, err
     assert f"record 77, id {ids[1]}" in err and "data.on_bad_image: skip" in err
     assert "Traceback" not in err
@@ -71,6 +71,23 @@ def test_skip_drops_counts_and_trains_on_the_rest(broken, tmp_path, cifar):
     assert "skipped 2 bad record(s)" in out and ids[0] in out, out
     assert "cached base features of 126 train and 128 eval images" in out, out
     assert "[xfer] Trainer done" in out
+    assert "bad records skipped: 2 (data.on_bad_image: skip)" in out, out
+    config = _config(tmp_path, data)
+    runs = xfer("runs", *config).stdout
+    assert "examples eval 128/train 126  bad records skipped 2" in runs.splitlines()[0], runs
+    shown = xfer("show", *config, "latest", "DataCheck").stdout
+    assert "train: 126 records kept" in shown and "bad records skipped (data.on_bad_image: skip): 2" in shown
+    for index, ident in zip((5, 77), ids):
+        assert f"split train, {data / 'train' / 'part.tfrecord'} record {index}, id {ident}: image does not " \
+               "decode" in shown, shown
+    import json
+    with open(out.split("run result: ")[1].split()[0]) as f:
+        result = json.load(f)
+    assert result["bad_records_skipped"] == 2 and result["examples"] == {"eval": 128, "train": 126}
+    assert result["status"] == "complete" and result["pushed"] is None
+    assert result["not_pushed_because"].startswith("not evaluated")
+    [listed] = json.loads(xfer("runs", *config, "--json").stdout)
+    assert listed == result
 
 
 def test_curated_schema_anomaly_stops_the_run_or_warns(tmp_path, cifar):
@@ -150,3 +167,29 @@ def test_a_label_outside_the_classes_is_named_by_datacheck(tmp_path, cifar):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "xfer: error in DataCheck: 1 bad record(s)" in proc.stderr, proc.stderr
     assert "id r300: label 99 is outside the 10 classes (0 to 9)" in proc.stderr, proc.stderr
+
+
+def test_broken_record_files_are_named_before_any_step_or_at_the_door(tmp_path, cifar):
+    """A text file among the TFRecords is named by the preflight (it reads the first
+    records of every file); a file cut short past the records the preflight samples is
+    named by ImportExampleGen, with the record it ends in, and nothing is trained."""
+    data = tmp_path / "data"
+    records = list(tf.data.TFRecordDataset(str(cifar / "train" / "cifar10_train.tfrecord")).as_numpy_iterator()) * 3
+    (data / "train").mkdir(parents=True)
+    cut = data / "train" / "part.tfrecord"
+    with tf.io.TFRecordWriter(str(cut)) as w:
+        for raw in records:
+            w.write(raw)
+    cut.write_bytes(cut.read_bytes()[:-100])
+    _copy(cifar / "test" / "cifar10_test.tfrecord", data / "eval" / "part.tfrecord")
+    config = _config(tmp_path / "root", data, "--set", f"data.labels_file={cifar / 'labels.txt'}")
+    proc = xfer("run", *config, "--to", "DataCheck", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("xfer: error in ImportExampleGen: 1 input file problem(s)"), proc.stderr
+    assert f"{cut}: the file is cut short inside record 383 (after 383 whole record(s))" in proc.stderr
+    assert "Not a valid TFRecord" not in proc.stderr and "Traceback" not in proc.stderr
+    notes = data / "eval" / "notes.tfrecord"
+    notes.write_text("not records\n" * 50)
+    proc = xfer("run", *config, "--check", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"cannot read {notes} record 0" in proc.stderr and "narrow data.splits" in proc.stderr, proc.stderr
