@@ -78,7 +78,7 @@ class _Check(beam.DoFn):
         path, split = item
         dataset = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
         for index, raw in enumerate(dataset.as_numpy_iterator()):
-            reason, ident = None, None
+            reason, ident, features = None, None, None
             try:
                 features = tf.train.Example.FromString(raw).features.feature
                 for key in ID_KEYS:
@@ -98,9 +98,12 @@ class _Check(beam.DoFn):
             except Exception as e:  # noqa: BLE001 - a record that is not even a tf.Example
                 reason = f"not a tf.Example: {e}"
             if reason:
-                yield beam.pvalue.TaggedOutput("bad", {
-                    "split": split, "file": path, "index": index, "id": ident, "reason": reason,
-                    "fingerprint": fingerprint(raw)})
+                bad = {"split": split, "file": path, "index": index, "id": ident, "reason": reason,
+                       "fingerprint": fingerprint(raw)}
+                missing = [k for k in (self.image_key, self.label_key) if features is not None and k not in features]
+                if missing:  # to say so in one line when no record of the split has the key
+                    bad["missing"], bad["features"] = missing, sorted(features)
+                yield beam.pvalue.TaggedOutput("bad", bad)
             else:
                 f = features[self.label_key]
                 label = f.int64_list.value[0] if f.int64_list.value else f.bytes_list.value[0].decode("utf-8", "replace")
@@ -155,6 +158,20 @@ def _trace_to_source(bad: list, examples_uri: str) -> None:
     for b in bad:
         if b["fingerprint"] in sources:
             b["source"], b["source_index"] = sources[b["fingerprint"]]
+
+
+def _raise_if_a_key_is_absent(bad: list, good: dict, splits: list, image_key: str, label_key: str) -> None:
+    """A key that no record of a split has is a config mistake, not bad records: one line."""
+    for split in splits:
+        if good.get(split):
+            continue
+        of_split = [b for b in bad if b["split"] == split]
+        for key, setting in ((image_key, "data.image_key"), (label_key, "data.label_key")):
+            if of_split and all(key in b.get("missing", ()) for b in of_split):
+                present = sorted({f for b in of_split for f in b.get("features", ())})
+                raise DataCheckFailed(
+                    f"{setting}: '{key}' is in none of the {len(of_split)} records of split {split}; "
+                    f"their features are: {', '.join(present) or 'none'}. Set {setting} to one of them")
 
 
 @component(use_beam=True)
@@ -218,13 +235,14 @@ def DataCheck(
     checked_examples.set_int_custom_property("bad_records", len(bad))
     shown = "; ".join(_describe(b) for b in bad[:SHOWN]) + (
         f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else "")
+    good = {split: sum(labels.values()) for split, labels in read_label_counts(checked_examples.uri).items()}
+    _raise_if_a_key_is_absent(bad, good, splits, image_key, label_key)
     if bad and on_bad_image == "fail":
         raise DataCheckFailed(
             f"{len(bad)} bad record(s) (an image that does not decode, or a label that cannot train) "
             f"and data.on_bad_image is fail: {shown}. Fix or remove them (xfer data import-folder "
             f"re-encodes what TensorFlow cannot read), or set data.on_bad_image: skip to drop and "
             f"count them")
-    good = {split: sum(labels.values()) for split, labels in read_label_counts(checked_examples.uri).items()}
     for split in splits:
         dropped = sum(1 for b in bad if b["split"] == split)
         total = dropped + good.get(split, 0)
