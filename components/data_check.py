@@ -18,7 +18,7 @@ from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, 
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from xfer.components.import_gen import fingerprint, read_provenance
+from xfer.components.import_gen import SPANS_PROPERTY, fingerprint, read_provenance, read_span_stats
 
 ID_KEYS = ("id", "filename")
 SHOWN = 10
@@ -160,6 +160,52 @@ def _trace_to_source(bad: list, examples_uri: str) -> None:
             b["source"], b["source_index"] = sources[b["fingerprint"]]
 
 
+DRIFT = "drift.json"
+DRIFT_KINDS = (("label", "label_linf", "label distribution"), ("format", "format_linf", "image format mix"),
+               ("size", "size_linf", "image size (longer side)"))
+
+
+def _shares(counts: dict) -> dict:
+    total = sum(counts.values()) or 1
+    return {k: v / total for k, v in counts.items()}
+
+
+def _fmt_shares(shares: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in shares.items()) + "}"
+
+
+def compare_spans(stats: dict, thresholds: dict) -> dict:
+    """The newest span's train split against the previous span's: per kind, the L-infinity
+    distance between the two distributions (the largest change of one share), the value
+    that moved most, both distributions, and whether it is over data.drift's threshold."""
+    newest, previous = stats["newest"], stats.get("previous")
+    out = {"newest": newest, "previous": previous, "kinds": []}
+    if previous is None or str(previous) not in stats["spans"] or str(newest) not in stats["spans"]:
+        return out
+    new, old = stats["spans"][str(newest)], stats["spans"][str(previous)]
+    for kind, key, title in DRIFT_KINDS:
+        p, q = _shares(new[kind]), _shares(old[kind])
+        keys = sorted(set(p) | set(q), key=lambda k: (len(k), k))
+        worst = max(keys, key=lambda k: abs(p.get(k, 0.0) - q.get(k, 0.0)))
+        distance = abs(p.get(worst, 0.0) - q.get(worst, 0.0))
+        limit = thresholds.get(key)
+        out["kinds"].append({
+            "kind": kind, "title": title, "key": f"data.drift.{key}", "threshold": limit,
+            "linf": round(distance, 4), "most_moved": worst,
+            "old_share": round(q.get(worst, 0.0), 4), "new_share": round(p.get(worst, 0.0), 4),
+            "old": {k: round(q.get(k, 0.0), 4) for k in keys}, "new": {k: round(p.get(k, 0.0), 4) for k in keys},
+            "drifted": limit is not None and distance > limit})
+    return out
+
+
+def drift_line(k: dict, previous, newest) -> str:
+    over = (f"over data.drift.{k['key'].split('.')[-1]} {k['threshold']:g}" if k["drifted"] else
+            "within " + (f"{k['key']} {k['threshold']:g}" if k["threshold"] is not None else "(not checked)"))
+    return (f"{k['title']}: L-infinity {k['linf']:.3f} {over}; '{k['most_moved']}' "
+            f"{k['old_share']:.2f} in span {previous} -> {k['new_share']:.2f} in span {newest}; "
+            f"span {previous} {_fmt_shares(k['old'])}, span {newest} {_fmt_shares(k['new'])}")
+
+
 def _raise_if_a_key_is_absent(bad: list, good: dict, splits: list, image_key: str, label_key: str) -> None:
     """A key that no record of a split has is a config mistake, not bad records: one line."""
     for split in splits:
@@ -185,6 +231,7 @@ def DataCheck(
     on_anomaly: Parameter[str],
     on_bad_image: Parameter[str],
     max_bad_fraction: Parameter[float],
+    drift: Parameter[str] = "{}",
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     import tensorflow as tf
@@ -199,6 +246,23 @@ def DataCheck(
             "to train anyway (`xfer show latest ExampleValidator` lists them)")
     for line in found:
         print(f"[xfer] anomaly (data.on_anomaly: warn, continuing): {line}", flush=True)
+
+    stats = read_span_stats(examples.uri)
+    if stats is not None:
+        compared = compare_spans(stats, json.loads(drift))
+        with tf.io.gfile.GFile(os.path.join(checked_examples.uri, DRIFT), "w") as f:
+            f.write(json.dumps(compared, indent=1))
+        drifted = [drift_line(k, compared["previous"], compared["newest"]) for k in compared["kinds"] if k["drifted"]]
+        checked_examples.set_int_custom_property("drifted", len(drifted))
+        if drifted and on_anomaly == "fail":
+            raise DataCheckFailed(
+                f"span {compared['newest']} drifted from span {compared['previous']} and data.on_anomaly is "
+                f"fail: " + " | ".join(drifted) + ". If the new data is right, raise the threshold (data.drift) "
+                "or set data.on_anomaly: warn; otherwise fix the span")
+        for line in drifted:
+            print(f"[xfer] drift (data.on_anomaly: warn, continuing): {line}", flush=True)
+        if compared["previous"] is None:
+            print(f"[xfer] drift: span {compared['newest']} is the first span; nothing to compare with", flush=True)
 
     splits = artifact_utils.decode_split_names(examples.split_names)
     files = [(f, split) for split in splits
@@ -232,6 +296,8 @@ def DataCheck(
     for name in ("span", "version"):
         if examples.has_custom_property(name):
             checked_examples.set_int_custom_property(name, examples.get_int_custom_property(name))
+    if examples.has_custom_property(SPANS_PROPERTY):
+        checked_examples.set_string_custom_property(SPANS_PROPERTY, examples.get_string_custom_property(SPANS_PROPERTY))
     checked_examples.set_int_custom_property("bad_records", len(bad))
     shown = "; ".join(_describe(b) for b in bad[:SHOWN]) + (
         f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else "")

@@ -26,9 +26,11 @@ as TFX keys FORMAT_PROTO records.)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-from typing import Any, Dict, List
+import re
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from tfx.components.example_gen.import_example_gen import executor as tfx_import
@@ -37,7 +39,69 @@ from tfx.types import artifact_utils, standard_component_specs
 
 PROVENANCE = "provenance"
 PROBLEMS = "door_problems.json"
+SPAN_STATS = "span_stats.json"
+SPANS_PROPERTY = "spans"  # "2,3": the spans of the train split (the window), on the Examples artifact
 SHOWN = 10
+SPAN_TOKEN = re.compile(r"\{SPAN(?::(\d+))?\}")
+
+
+def _glob_regex(part: str) -> str:
+    """A glob (within path segments, as tf.io.gfile.glob reads it) as a regex."""
+    out = []
+    for ch in part:
+        out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
+    return "".join(out)
+
+
+def list_spans(input_base: str, pattern: str) -> Dict[int, str]:
+    """Every span present for a split pattern holding {SPAN}: span number -> the pattern
+    with that span's digits in place (as written in the paths, zero padding kept)."""
+    import tensorflow as tf
+
+    m = SPAN_TOKEN.search(pattern)
+    if m is None:
+        return {}
+    before, after = pattern[:m.start()], pattern[m.end():]
+    digits = r"(\d+)" if m.group(1) is None else r"(\d{%s})" % m.group(1)
+    rx = re.compile(_glob_regex(before) + digits + "(?=" + _glob_regex(after) + "$)")
+    spans: Dict[int, str] = {}
+    for path in tf.io.gfile.glob(os.path.join(input_base, before + "*" + after)):
+        rel = os.path.relpath(path, input_base)
+        found = rx.match(rel)
+        if found:
+            spans.setdefault(int(found.group(1)), before + found.group(1) + after)
+    return spans
+
+
+def longer_side_bucket(width: int, height: int) -> str:
+    """Sizes in power-of-two buckets of the longer side: '<32', '32-63', ..., '>=4096'."""
+    side = max(width, height)
+    if side < 32:
+        return "<32"
+    if side >= 4096:
+        return ">=4096"
+    low = 1 << (side.bit_length() - 1)
+    return f"{low}-{2 * low - 1}"
+
+
+def record_stats(example, image_key: str, label_key: str) -> tuple:
+    """(label, format, size bucket) of a tf.Example, from the image header only."""
+    from PIL import Image
+
+    f = example.features.feature
+    label = "-"
+    if label_key in f:
+        v = f[label_key]
+        label = str(v.int64_list.value[0]) if v.int64_list.value else (
+            v.bytes_list.value[0].decode("utf-8", "replace") if v.bytes_list.value else "-")
+    fmt, size = "none", "none"
+    if image_key in f and f[image_key].bytes_list.value:
+        try:
+            with Image.open(io.BytesIO(f[image_key].bytes_list.value[0])) as img:  # the header only
+                fmt, size = (img.format or "unknown").lower(), longer_side_bucket(*img.size)
+        except Exception:  # noqa: BLE001 - not an image: DataCheck names it
+            fmt, size = "unreadable", "unreadable"
+    return label, fmt, size
 
 
 class RecordsRefused(ValueError):
@@ -74,11 +138,15 @@ class _ReadFile(beam.DoFn):
     """(path, split pattern) -> each record's bytes, in file order; problems and the
     file's provenance as tagged outputs."""
 
-    def __init__(self, parse_examples: bool, provenance_dir: str):
+    def __init__(self, parse_examples: bool, provenance_dir: str, image_key: str = "image",
+                 label_key: str = "label", records: bool = True):
         self.parse_examples, self.provenance_dir = parse_examples, provenance_dir
+        self.image_key, self.label_key, self.records = image_key, label_key, records
 
-    def process(self, path: str):
+    def process(self, item):
         import tensorflow as tf
+
+        path, span = item  # span: for the drift statistics (None: none kept)
 
         prints: List[str] = []
         bad_records: List[str] = []
@@ -98,9 +166,13 @@ class _ReadFile(beam.DoFn):
                             bad_records.append("")
                         index += 1
                         continue
-                prints.append(fingerprint(raw))
+                    if span is not None:
+                        yield beam.pvalue.TaggedOutput(
+                            "stats", (span,) + record_stats(example, self.image_key, self.label_key))
                 index += 1
-                yield raw
+                if self.records:
+                    prints.append(fingerprint(raw))
+                    yield raw
         except tf.errors.OpError as e:
             yield beam.pvalue.TaggedOutput("problems", {
                 "file": path, "index": index, "reason": _framing_problem(e.message, index)})
@@ -113,9 +185,53 @@ class _ReadFile(beam.DoFn):
                            + (f" (and {more} more)" if more else "")
                            + "; write each with tf.train.Example(...).SerializeToString(), or use "
                              "`xfer data import-folder` to make the records from image folders")})
-        name = hashlib.sha1(path.encode()).hexdigest()[:16] + ".json"
-        with tf.io.gfile.GFile(os.path.join(self.provenance_dir, name), "w") as f:
-            json.dump({"file": path, "fingerprints": prints}, f)
+        if self.records:
+            name = hashlib.sha1(path.encode()).hexdigest()[:16] + ".json"
+            with tf.io.gfile.GFile(os.path.join(self.provenance_dir, name), "w") as f:
+                json.dump({"file": path, "fingerprints": prints}, f)
+
+
+def _write_span_stats(counts: list, path: str, info: dict) -> None:
+    """{"newest", "previous", "window", "spans": {span: {"records", "label", "format", "size"}}}."""
+    import tensorflow as tf
+
+    spans: Dict[str, dict] = {}
+    for (span, label, fmt, size), n in counts:
+        entry = spans.setdefault(str(span), {"records": 0, "label": {}, "format": {}, "size": {}})
+        entry["records"] += n
+        for kind, key in (("label", label), ("format", fmt), ("size", size)):
+            entry[kind][key] = entry[kind].get(key, 0) + n
+    for entry in spans.values():
+        for kind in ("label", "format", "size"):
+            entry[kind] = dict(sorted(entry[kind].items(), key=lambda kv: (len(kv[0]), kv[0])))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump({**info, "spans": dict(sorted(spans.items(), key=lambda kv: int(kv[0])))}, f, indent=1)
+
+
+def read_span_stats(examples_uri: str) -> Optional[dict]:
+    import tensorflow as tf
+
+    path = os.path.join(examples_uri, SPAN_STATS)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _custom_config(exec_properties: Dict[str, Any]) -> dict:
+    """The example_gen_pb2.CustomConfig (JSON in exec_properties) holding a Struct."""
+    from google.protobuf import json_format, struct_pb2
+    from tfx.utils import proto_utils
+
+    raw = exec_properties.get("custom_config")
+    if not raw:
+        return {}
+    custom = example_gen_pb2.CustomConfig()
+    proto_utils.json_to_proto(raw, custom)
+    values = struct_pb2.Struct()
+    if not custom.custom_config.Unpack(values):
+        return {}
+    return json_format.MessageToDict(values)
 
 
 def _write_problems(problems: list, path: str) -> None:
@@ -145,23 +261,83 @@ class Executor(tfx_import.Executor):
             files = sorted(f for f in fileio.glob(pattern) if not fileio.isdir(f))
             if not files:
                 raise RecordsRefused(f"no input files match {pattern}; fix data.input_base or data.splits")
+            items = [(f, None) for f in files]
+            if split_pattern == state._train_pattern and state._window:
+                # The window: the train split from the newest N spans, each file with its span.
+                items = []
+                for span in state._window:
+                    matched = sorted(f for f in fileio.glob(os.path.join(
+                        exec_properties[standard_component_specs.INPUT_BASE_KEY], state._span_patterns[span]))
+                        if not fileio.isdir(f))
+                    items += [(f, span) for f in matched]
             label = split_pattern.replace("/", "_").replace("*", "x")
+            cfg = state._config
             read = (pipeline
-                    | f"Files[{label}]" >> beam.Create(files)
+                    | f"Files[{label}]" >> beam.Create(items)
                     | f"Spread[{label}]" >> beam.Reshuffle()
                     | f"Read[{label}]" >> beam.ParDo(_ReadFile(
                         payload != example_gen_pb2.PayloadFormat.FORMAT_PROTO,
-                        state._provenance_dir)).with_outputs("problems", main="records"))
+                        state._provenance_dir, cfg.get("image_key", "image"), cfg.get("label_key", "label"),
+                    )).with_outputs("problems", "stats", main="records"))
             state._problems.append(read.problems)
+            state._stats.append(read.stats)
             return read.records
 
         return ImportRecord
 
+    def _plan_window(self, exec_properties: Dict[str, Any]) -> None:
+        """The spans of the train split to read (the window) and the previous span (the
+        drift check's reference), from the pattern with {SPAN} as configured."""
+        from tfx.proto import example_gen_pb2 as pb
+        from tfx.utils import proto_utils
+
+        self._config = _custom_config(exec_properties)
+        self._window, self._span_patterns, self._previous, self._train_pattern = [], {}, None, None
+        resolved = pb.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], resolved)
+        train = next((sp for sp in resolved.splits if sp.name == "train"), None)
+        configured = self._config.get("train_pattern")
+        if train is None or not configured or not SPAN_TOKEN.search(configured):
+            return
+        self._train_pattern = train.pattern
+        newest = int(exec_properties.get("span") or 0)
+        spans = list_spans(exec_properties[standard_component_specs.INPUT_BASE_KEY], configured)
+        present = sorted(k for k in spans if k <= newest)
+        want = int(self._config.get("window", 1))
+        self._window = present[-want:]
+        self._span_patterns = spans
+        self._previous = present[-2] if len(present) >= 2 else None
+        if len(self._window) < want:
+            print(f"[xfer] data.spans.window is {want} but only {len(present)} span(s) exist up to span "
+                  f"{newest} ({', '.join(map(str, present))}): training on them", flush=True)
+        elif want > 1:
+            print(f"[xfer] train split from spans {', '.join(map(str, self._window))} (data.spans.window "
+                  f"{want}); eval from span {newest}", flush=True)
+
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]):
-        self._problems = []
+        self._problems, self._stats = [], []
+        self._plan_window(exec_properties)
         splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        if self._previous is not None and self._previous not in self._window:
+            # The previous span, read for its statistics only (the drift check's reference).
+            from tfx.dsl.io import fileio
+            base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+            files = sorted(f for f in fileio.glob(os.path.join(base, self._span_patterns[self._previous]))
+                           if not fileio.isdir(f))
+            reference = (pipeline | "ReferenceFiles" >> beam.Create([(f, self._previous) for f in files])
+                         | "ReadReference" >> beam.ParDo(_ReadFile(
+                             True, self._provenance_dir, self._config.get("image_key", "image"),
+                             self._config.get("label_key", "label"), records=False)).with_outputs(
+                             "problems", "stats", main="records"))
+            self._problems.append(reference.problems)
+            self._stats.append(reference.stats)
         _ = (tuple(self._problems) | "AllProblems" >> beam.Flatten() | "ProblemList" >> beam.combiners.ToList()
              | "WriteProblems" >> beam.Map(_write_problems, self._problems_path))
+        if self._window:
+            info = {"newest": self._window[-1], "previous": self._previous, "window": self._window}
+            _ = (tuple(self._stats) | "AllStats" >> beam.Flatten() | "CountStats" >> beam.combiners.Count.PerElement()
+                 | "StatsList" >> beam.combiners.ToList()
+                 | "WriteStats" >> beam.Map(_write_span_stats, self._span_stats_path, info))
         return splits
 
     def Do(self, input_dict: Dict[str, List], output_dict: Dict[str, List],
@@ -171,8 +347,11 @@ class Executor(tfx_import.Executor):
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         self._provenance_dir = os.path.join(examples.uri, PROVENANCE)
         self._problems_path = os.path.join(examples.uri, PROBLEMS)
+        self._span_stats_path = os.path.join(examples.uri, SPAN_STATS)
         fileio.makedirs(self._provenance_dir)
         super().Do(input_dict, output_dict, exec_properties)
+        if self._window:
+            examples.set_string_custom_property(SPANS_PROPERTY, ",".join(map(str, self._window)))
         with fileio.open(self._problems_path) as f:
             problems = json.load(f)
         if problems:

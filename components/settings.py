@@ -39,6 +39,22 @@ StrategyKind = Literal["auto", "tpu", "multi_worker", "mirrored", "default"]
 Optimizer = Literal["adam", "rmsprop", "sgd"]
 
 
+class SpansConfig(_Strict):
+    window: int = Field(
+        1, ge=1, description="Train on the newest N spans of the train split ({SPAN} in its pattern); "
+                             "the other splits (eval) come from the newest span only.")
+
+
+class DriftConfig(_Strict):
+    """Thresholds on the L-infinity distance between the newest span's train split and the
+    previous span's: the largest change in any one share (0.2 = some class, format or size
+    bucket moved by 20 points). null: not checked."""
+    label_linf: Optional[float] = Field(0.2, ge=0.0, le=1.0, description="Label distribution.")
+    format_linf: Optional[float] = Field(0.2, ge=0.0, le=1.0, description="Image format mix (JPEG, PNG, ...).")
+    size_linf: Optional[float] = Field(
+        0.2, ge=0.0, le=1.0, description="Image sizes: the longer side in power-of-two buckets (<32, 32-63, ...).")
+
+
 class DataConfig(_Strict):
     builtin: Optional[Literal["digits"]] = Field(
         None, description="An embedded dataset, made into TFRecords at first use (offline).")
@@ -69,6 +85,28 @@ class DataConfig(_Strict):
     max_bad_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="With on_bad_image: skip, the most of a split that may be "
                                           "dropped; more fails the run (the data is broken, not noisy).")
+    spans: SpansConfig = Field(default_factory=SpansConfig)
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="Drift between spans, checked when the train pattern has {SPAN} and an older span "
+                    "exists; over a threshold, data.on_anomaly decides (fail stops before Transform).")
+
+    @model_validator(mode="after")
+    def _window_needs_span(self):
+        if self.spans.window > 1:
+            if "train" not in self.splits:
+                raise ValueError(f"data.spans.window is {self.spans.window} but data.splits has no train "
+                                 f"pattern: the window applies to the train split; set data.splits, e.g. "
+                                 f"{{train: 'span-{{SPAN}}/train/*', eval: 'span-{{SPAN}}/eval/*'}}")
+            pattern = self.splits["train"]
+            if "{SPAN" not in pattern:
+                raise ValueError(f"data.spans.window is {self.spans.window} but the train pattern "
+                                 f"'{pattern}' has no {{SPAN}}: put {{SPAN}} where the span number is, "
+                                 f"e.g. splits: {{train: 'span-{{SPAN}}/train/*'}}")
+            if "{VERSION" in pattern:
+                raise ValueError("data.spans.window > 1 with {VERSION} in the train pattern is not "
+                                 "supported: each span's newest version cannot be chosen; drop {VERSION}")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -67,6 +67,19 @@ def _input_config(config: Config) -> Optional[example_gen_pb2.Input]:
         for name, pattern in config.data.splits.items()])
 
 
+def _import_config(config: Config) -> example_gen_pb2.CustomConfig:
+    """What the checked ImportExampleGen executor needs beyond TFX's: the span window, the
+    train pattern as written (the driver passes it resolved to the newest span), the keys."""
+    from google.protobuf import struct_pb2
+
+    values = struct_pb2.Struct()
+    values.update({"window": config.data.spans.window, "train_pattern": config.data.splits.get("train", ""),
+                   "image_key": config.data.image_key, "label_key": config.data.label_key})
+    custom = example_gen_pb2.CustomConfig()
+    custom.custom_config.Pack(values)
+    return custom
+
+
 def _output_config(config: Config) -> Optional[example_gen_pb2.Output]:
     if config.data.splits:
         return None  # the input is already split
@@ -170,7 +183,9 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         input_base=config.data_dir,
         input_config=_input_config(config),
         output_config=_output_config(config),
-        custom_executor_spec=executor_spec.BeamExecutorSpec(CheckedImportExecutor)).with_id("ImportExampleGen")
+        custom_executor_spec=executor_spec.BeamExecutorSpec(CheckedImportExecutor),
+        custom_config=_import_config(config),
+    ).with_id("ImportExampleGen")
 
     # Image-domain statistics (formats, sizes) for the encoded image bytes, not UTF-8 noise.
     statistics_gen = StatisticsGen(
@@ -197,7 +212,8 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         num_classes=_class_count(config),
         on_anomaly=config.data.on_anomaly,
         on_bad_image=config.data.on_bad_image,
-        max_bad_fraction=config.data.max_bad_fraction).with_id("DataCheck")
+        max_bad_fraction=config.data.max_bad_fraction,
+        drift=config.data.drift.model_dump_json()).with_id("DataCheck")
     examples = data_check.outputs["checked_examples"]
 
     # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer

@@ -55,8 +55,9 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
             elif type_name == "Examples" and node == "ImportExampleGen":
-                span = mlmd.custom_property(a, "span")
-                summary.spans = [int(span)] if span is not None else []
+                span, window = mlmd.custom_property(a, "span"), mlmd.custom_property(a, "spans")
+                summary.spans = ([int(x) for x in window.split(",")] if window else
+                                 [int(span)] if span is not None else [])
             elif type_name == "Examples" and node == "DataCheck" and summary.states[node] in ("executed", "cached"):
                 summary.bad_records = int(mlmd.custom_property(a, "bad_records") or 0)
                 summary.examples = _kept(a.uri)

@@ -215,6 +215,16 @@ def view_checked(uri: str, bad_records) -> list[str]:
                          + ", ".join(f"{k}:{v}" for k, v in labels.items()))
     except Exception:  # noqa: BLE001 - an output from before the counts were kept
         pass
+    from xfer.components.data_check import DRIFT, drift_line
+    drift_path = os.path.join(uri, DRIFT)
+    if tf.io.gfile.exists(drift_path):
+        compared = json.loads(tf.io.gfile.GFile(drift_path).read())
+        if compared["previous"] is None:
+            lines.append(f"  drift: span {compared['newest']} is the first span; nothing to compare with")
+        else:
+            lines.append(f"  drift, span {compared['newest']} vs span {compared['previous']}:")
+            lines += [f"    {'DRIFTED ' if k['drifted'] else ''}{drift_line(k, compared['previous'], compared['newest'])}"
+                      for k in compared["kinds"]]
     path = os.path.join(uri, "bad_records.json")
     if bad_records and tf.io.gfile.exists(path):
         bad = json.loads(tf.io.gfile.GFile(path).read())

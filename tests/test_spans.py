@@ -1,0 +1,111 @@
+"""Scheduled data (issue 18): a window of spans, and the drift gate between spans. Real
+pipelines up to DataCheck on spans cut from the CIFAR subset's real images."""
+import json
+
+import pytest
+
+import xfer.components  # noqa: F401
+import tensorflow as tf
+
+from conftest import CONFIGS, xfer
+from xfer.components.data_check import compare_spans
+from xfer.components.import_gen import list_spans, longer_side_bucket
+from xfer.pipeline.data.records import image_example
+
+
+def _span(cifar, dst, split, start, count, keep_label=None):
+    src = cifar / ("train/cifar10_train.tfrecord" if split == "train" else "test/cifar10_test.tfrecord")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with tf.io.TFRecordWriter(str(dst)) as w:
+        for i, raw in enumerate(tf.data.TFRecordDataset(str(src)).as_numpy_iterator()):
+            f = tf.train.Example.FromString(raw).features.feature
+            label = f["label"].int64_list.value[0]
+            if i < start or (keep_label is not None and not keep_label(label)):
+                continue
+            w.write(image_example(f["image"].bytes_list.value[0], label, id=f["id"].bytes_list.value[0]))
+            n += 1
+            if n == count:
+                break
+    return n
+
+
+def _config(root, data, cifar, *extra):
+    return ["--config", str(CONFIGS / "cifar_small.yaml"), "--set", f"root={root}",
+            "--set", f"data.input_base={data}", "--set", f"data.labels_file={cifar / 'labels.txt'}",
+            "--set", "data.splits={train: 'span-{SPAN}/train/*', eval: 'span-{SPAN}/eval/*'}", *extra]
+
+
+def _result(out):
+    with open(out.split("run result: ")[1].split()[0]) as f:
+        return json.load(f)
+
+
+def test_list_spans_reads_span_numbers_and_padding(tmp_path):
+    for name in ("span-01/train/a.tfrecord", "span-02/train/a.tfrecord", "span-10/train/b.tfrecord",
+                 "span-xx/train/a.tfrecord", "span-03/eval/a.tfrecord"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert list_spans(str(tmp_path), "span-{SPAN}/train/*") == {
+        1: "span-01/train/*", 2: "span-02/train/*", 10: "span-10/train/*"}
+    assert list_spans(str(tmp_path), "span-{SPAN:2}/train/a.*") == {1: "span-01/train/a.*", 2: "span-02/train/a.*"}
+    assert longer_side_bucket(31, 5) == "<32" and longer_side_bucket(32, 5) == "32-63"
+    assert longer_side_bucket(20, 4000) == "2048-4095" and longer_side_bucket(5000, 1) == ">=4096"
+
+
+def test_compare_spans_is_the_l_infinity_distance_of_shares():
+    spans = {"1": {"label": {"0": 50, "1": 50}, "format": {"png": 100}, "size": {"32-63": 100}},
+             "2": {"label": {"0": 90, "1": 10}, "format": {"png": 50, "jpeg": 50}, "size": {"32-63": 100}}}
+    out = compare_spans({"newest": 2, "previous": 1, "spans": spans},
+                        {"label_linf": 0.2, "format_linf": 0.6, "size_linf": None})
+    label, fmt, size = out["kinds"]
+    assert (label["linf"], label["drifted"], label["most_moved"]) == (0.4, True, "0")
+    assert (fmt["linf"], fmt["drifted"]) == (0.5, False) and (size["linf"], size["drifted"]) == (0.0, False)
+    assert compare_spans({"newest": 1, "previous": None, "spans": {"1": spans["1"]}}, {})["kinds"] == []
+
+
+def test_a_window_of_two_spans_trains_on_both_and_evaluates_on_the_newest(tmp_path, cifar):
+    data = tmp_path / "spans"
+    for span in (1, 2, 3):
+        _span(cifar, data / f"span-{span}" / "train" / "a.tfrecord", "train", 40 * (span - 1), 40)
+        _span(cifar, data / f"span-{span}" / "eval" / "a.tfrecord", "eval", 40 * (span - 1), 40 - 8 * span)
+    config = _config(tmp_path / "root", data, cifar, "--set", "data.spans.window=2")
+    out = xfer("run", *config, "--to", "DataCheck").stdout
+    assert "train split from spans 2, 3 (data.spans.window 2); eval from span 3" in out, out
+    result = _result(out)
+    assert result["spans"] == [2, 3] and result["examples"] == {"eval": 16, "train": 80}, result
+    runs = xfer("runs", *config).stdout
+    assert "span 2,3 " in runs.splitlines()[0], runs
+    # A window wider than the spans present trains on what exists, and says so.
+    wide = xfer("run", *_config(tmp_path / "root2", data, cifar, "--set", "data.spans.window=5"),
+                "--to", "DataCheck").stdout
+    assert "data.spans.window is 5 but only 3 span(s) exist up to span 3 (1, 2, 3): training on them" in wide
+    assert _result(wide)["examples"] == {"eval": 16, "train": 120}
+
+
+def test_a_skewed_span_stops_the_run_under_fail_and_warns_under_warn(tmp_path, cifar):
+    data = tmp_path / "spans"
+    for span in (1, 2):
+        _span(cifar, data / f"span-{span}" / "eval" / "a.tfrecord", "eval", 0, 32)
+    _span(cifar, data / "span-1" / "train" / "a.tfrecord", "train", 0, 64)
+    _span(cifar, data / "span-2" / "train" / "a.tfrecord", "train", 0, 40, keep_label=lambda l: l < 2)
+    config = _config(tmp_path / "root", data, cifar)
+    proc = xfer("run", *config, "--to", "DataCheck", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert err.startswith("xfer: error in DataCheck: span 2 drifted from span 1 and data.on_anomaly is fail: "
+                          "label distribution: L-infinity "), err
+    assert "over data.drift.label_linf 0.2;" in err and "span 1 {0: " in err and "span 2 {0: " in err, err
+    assert "image format mix" not in err and "Traceback" not in err  # same formats and sizes: no drift there
+    warned = xfer("run", *config, "--set", "data.on_anomaly=warn", "--to", "DataCheck").stdout
+    assert "[xfer] drift (data.on_anomaly: warn, continuing): label distribution: L-infinity" in warned, warned
+    shown = xfer("show", *config, "latest", "DataCheck").stdout
+    assert "drift, span 2 vs span 1:" in shown and "label distribution: L-infinity" in shown, shown
+    assert "image format mix: L-infinity 0.000 within data.drift.format_linf 0.2" in shown, shown
+
+
+def test_window_without_span_in_the_pattern_is_a_config_error(tmp_path, cifar):
+    proc = xfer("run", "--config", str(CONFIGS / "cifar_small.yaml"), "--set", f"root={tmp_path}",
+                "--set", "data.spans.window=3", "--check", check=False)
+    assert proc.returncode == 2
+    assert "data.spans.window is 3 but" in proc.stderr, proc.stderr
