@@ -51,6 +51,33 @@ def copy_tree(src: str, dst: str, skip: tuple = ()) -> None:
             tf.io.gfile.copy(os.path.join(folder, name), target, overwrite=True)
 
 
+def copy_served(push_destination: str, model) -> "str | None":
+    """The newest complete version under `push_destination` copied into `model`'s
+    Format-Serving, its version and path recorded; None when nothing is served."""
+    served = latest_version_dir(push_destination)
+    if served is None:
+        model.set_int_custom_property(SERVED_VERSION, 0)
+        return None
+    copy_tree(served, os.path.join(model.uri, SERVING_DIR), skip=(COMPLETE_MARKER, SOURCE_FILE))
+    model.set_int_custom_property(SERVED_VERSION, int(os.path.basename(served.rstrip("/"))))
+    model.set_string_custom_property(SERVED_PATH, served)
+    return served
+
+
+@component
+def WarmStartModel(
+    examples: InputArtifact[standard_artifacts.Examples],
+    model: OutputArtifact[standard_artifacts.Model],
+    push_destination: Parameter[str],
+    run_nonce: Parameter[str] = "",
+) -> None:
+    """The served model, read just before the Trainer for `train.warm_start: served`
+    (the Trainer's base_model). `examples` only orders it after DataCheck."""
+    del examples, run_nonce
+    served = copy_served(push_destination, model)
+    print(f"[xfer] warm start: the served model is {served or 'none yet'}", flush=True)
+
+
 @component
 def ServedBaseline(
     candidate: InputArtifact[standard_artifacts.Model],
@@ -63,13 +90,9 @@ def ServedBaseline(
     # `run_nonce` is {{$.pipeline_job_uuid}} on Kubeflow / Vertex: a cache key that
     # differs every run, whatever caching a submit asks for.
     del candidate, run_nonce
-    served = latest_version_dir(push_destination)
+    served = copy_served(push_destination, baseline)
     if served is None:
-        baseline.set_int_custom_property(SERVED_VERSION, 0)
         print(f"[xfer] baseline: nothing served under {push_destination} yet; the candidate is "
               f"judged on value thresholds alone", flush=True)
         return
-    copy_tree(served, os.path.join(baseline.uri, SERVING_DIR), skip=(COMPLETE_MARKER, SOURCE_FILE))
-    baseline.set_int_custom_property(SERVED_VERSION, int(os.path.basename(served.rstrip("/"))))
-    baseline.set_string_custom_property(SERVED_PATH, served)
     print(f"[xfer] baseline: the served model, version {os.path.basename(served)} ({served})", flush=True)

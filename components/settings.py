@@ -214,6 +214,11 @@ class TrainConfig(_Strict):
                           "Trainer is re-run with the same inputs.")
     reports: bool = Field(True, description="Curves, confusion matrix and an image grid as PNG, "
                                             "and TensorBoard logs, in the model run folder.")
+    warm_start: Literal["none", "served"] = Field(
+        "none", description="served: both phases start from the weights of the model being served "
+                            "(head included) when the class list and model are unchanged; otherwise "
+                            "model.weights, and the Trainer says why. With it, transfer.epochs: 0 skips "
+                            "phase 1. The Trainer then re-runs every run (its base model is re-read).")
 
     @model_validator(mode="after")
     def _cache_needs_plain_phase1(self):

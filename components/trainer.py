@@ -70,6 +70,10 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
     names = labels.class_names(tft_output, s.labels_file, s.num_classes)
     with chosen.strategy.scope():
         classifier, base = model_lib.build_model(s.model, len(names))
+    if t.warm_start == "served":
+        from xfer.components.warm_start import warm_start
+        print(warm_start(classifier, fn_args.base_model, names, f"model.weights ({s.model.weights})")[1],
+              flush=True)
     run = Run.prepare(fn_args, t, chosen, tft_output)
     history = {}
 

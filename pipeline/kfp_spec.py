@@ -25,7 +25,7 @@ import json
 SCHEMA_VERSION = "2.1.0"
 # On Kubeflow the cache key cannot see new files under the same {SPAN} pattern, nor a
 # newly served model.
-NEVER_CACHED = ("ImportExampleGen", "ServedBaseline")
+NEVER_CACHED = ("ImportExampleGen", "ServedBaseline", "WarmStartModel")
 
 
 def _producers(task: dict) -> set[str]:

@@ -19,7 +19,7 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 
 from xfer.components import pusher as versioned_pusher
-from xfer.components.baseline import ServedBaseline
+from xfer.components.baseline import ServedBaseline, WarmStartModel
 from xfer.components.data_check import DataCheck
 from xfer.components.evaluator import Evaluator
 from xfer.components.import_gen import Executor as CheckedImportExecutor
@@ -32,13 +32,15 @@ RUN_FN = "xfer.components.trainer.run_fn"
 RUN_NONCE = "{{$.pipeline_job_uuid}}"
 # Reads what can change under the same inputs (the served model): never taken from a
 # cache, on any runner. (On Kubeflow, ImportExampleGen too: see pipeline/kfp_spec.py.)
-NEVER_CACHED = ("ServedBaseline",)
+NEVER_CACHED = ("ServedBaseline", "WarmStartModel")
 
 # Node ids, in DAG order; the CLI and tests refer to components by these names.
 COMPONENTS = [
     "ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataCheck", "Transform",
     "Trainer", "ServedBaseline", "Evaluator", "Pusher",
 ]
+# In the DAG only when configured: WarmStartModel with train.warm_start: served.
+OPTIONAL_COMPONENTS = ["WarmStartModel"]
 
 
 def code_fingerprint() -> str:
@@ -140,6 +142,8 @@ def _cluster_settings(config: Config, components: list) -> None:
     kf = config.kubeflow
     by_id = {c.id: c for c in components}
     for name, r in kf.resources.items():
+        if name not in by_id and name in OPTIONAL_COMPONENTS:
+            continue  # configured for a step this config leaves out
         if name not in by_id:
             raise ValueError(f"kubeflow.resources: no component '{name}'; components: {', '.join(COMPONENTS)}")
         spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
@@ -233,8 +237,14 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         from tfx.v1.extensions.google_cloud_ai_platform import Trainer as VertexTrainer
         trainer_cls = VertexTrainer
         trainer_config = {**trainer_config, **_vertex_training(config)}
+    # train.warm_start: served: the model being served, read now, as TFX's base_model.
+    warm = None
+    if config.train.warm_start == "served":
+        warm = WarmStartModel(examples=examples, push_destination=config.push.destination,
+                              run_nonce=RUN_NONCE if for_kubeflow else "").with_id("WarmStartModel")
     trainer = trainer_cls(
         run_fn=RUN_FN,
+        base_model=warm.outputs["model"] if warm else None,
         examples=examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
@@ -265,7 +275,7 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,
-                  trainer, baseline, evaluator, pusher]
+                  *([warm] if warm else []), trainer, baseline, evaluator, pusher]
     if for_kubeflow:
         _cluster_settings(config, components)
     metadata = None if for_kubeflow else sqlite_metadata_connection_config(config.metadata_path)

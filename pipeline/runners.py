@@ -50,10 +50,10 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
 
     from xfer.pipeline import interrupted, preflight
     from xfer.pipeline.lock import RootLock
-    from xfer.pipeline.pipeline import COMPONENTS, create_pipeline
+    from xfer.pipeline.pipeline import COMPONENTS, OPTIONAL_COMPONENTS, create_pipeline
 
     for node in (from_nodes or []) + (to_nodes or []):
-        if node not in COMPONENTS:
+        if node not in COMPONENTS + OPTIONAL_COMPONENTS:
             raise ConfigError(f"--from/--to: no component '{node}'; components: {', '.join(COMPONENTS)}")
     prepare_data(config)
     check_weights(config)
