@@ -63,3 +63,34 @@ def test_nothing_served_yet(tmp_path):
     started, line = warm_start(model, str(tmp_path / "empty"), NAMES, "model.weights (none)")
     assert not started and line.endswith("no model served yet; starting from model.weights (none)")
     assert warm_start(model, None, NAMES, "x")[0] is False
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
+def test_run_two_warm_starts_where_run_one_ended(tmp_path):
+    """The demo (digits, VGG16 from random init): run 1 (cold) trains and pushes; run 2
+    with warm_start: served begins where run 1 ended: its first epoch's loss is well below
+    run 1's first epoch on the same data. A changed head then falls back, with its reason
+    (a changed class list: test_a_changed_class_list_falls_back_naming_both_lists)."""
+    import re
+
+    from conftest import xfer
+
+    config = ["--config", "demo", "--set", f"root={tmp_path / 'root'}"]
+
+    def first_epoch_loss(out):
+        return float(re.search(r"\[xfer\] transfer epoch 1: .*?\bloss=([0-9.]+)", out).group(1))
+
+    cold = xfer("run", *config).stdout
+    assert "pushed to:" in cold, cold
+    # Phase 1 alone is enough to read its first epoch's loss.
+    warm = xfer("run", *config, "--set", "train.warm_start=served", "--set", "train.fine_tune.enabled=false",
+                "--to", "Trainer").stdout
+    assert "warm start (train.warm_start: served): starting from the served model's weights" in warm, warm
+    cold_loss, warm_loss = first_epoch_loss(cold), first_epoch_loss(warm)
+    print(f"first-epoch train loss: cold {cold_loss:.4f}, warm {warm_loss:.4f}")
+    assert warm_loss < 0.5 * cold_loss, (cold_loss, warm_loss)
+    changed = xfer("run", *config, "--set", "train.warm_start=served", "--set", "model.head.dense=[128]",
+                   "--set", "train.fine_tune.enabled=false", "--to", "Trainer").stdout
+    assert "the model changed (backbone, image size or head): weight '" in changed, changed
+    assert "starting from model.weights (none)" in changed
