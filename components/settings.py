@@ -176,6 +176,10 @@ class TrainConfig(_Strict):
                           "Trainer is re-run with the same inputs.")
     reports: bool = Field(True, description="Curves, confusion matrix and an image grid as PNG, "
                                             "and TensorBoard logs, in the model run folder.")
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="Weight each class's examples in the training loss, both phases: none "
+                            "(all 1), or balanced (n_train / (n_classes * n_class), from DataCheck's "
+                            "train label counts; scikit-learn's formula), for imbalanced classes.")
 
     @model_validator(mode="after")
     def _cache_needs_plain_phase1(self):
