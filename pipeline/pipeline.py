@@ -166,9 +166,10 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
     example_gen = ImportExampleGen(
         input_base=config.data_dir,
         input_config=_input_config(config),
-        output_config=_output_config(config),
-        # Each input file checked at the door and each record traced to it (components/import_gen.py).
-        custom_executor_spec=executor_spec.BeamExecutorSpec(CheckedImportExecutor))
+        output_config=_output_config(config))
+    # Each input file checked at the door and each record traced to it (components/import_gen.py).
+    # TFX 1.16's ImportExampleGen takes no custom_executor_spec argument: set it after.
+    example_gen.executor_spec = executor_spec.BeamExecutorSpec(CheckedImportExecutor)
 
     # Image-domain statistics (formats, sizes) for the encoded image bytes, not UTF-8 noise.
     statistics_gen = StatisticsGen(
