@@ -51,8 +51,23 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
     if evaluation_uri is not None:
-        summary.blessing = read_blessing(evaluation_uri, bool(blessed))
+        summary.blessing = read_blessing(evaluation_uri, bool(blessed), _model_class_names(summary.model_uri))
     return summary
+
+
+def _model_class_names(model_uri: Optional[str]) -> Optional[list[str]]:
+    """The class names the Trainer exported beside the model (assets.extra/labels.txt),
+    for the per-class rows of the blessing report; None when not there."""
+    if not model_uri:
+        return None
+    import tensorflow as tf
+
+    path = os.path.join(model_uri, "Format-Serving", "assets.extra", "labels.txt")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except tf.errors.NotFoundError:
+        return None
 
 
 def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None) -> str:
