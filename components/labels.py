@@ -21,15 +21,21 @@ def read_labels_file(path: str) -> list[str]:
     return names
 
 
+def vocabulary(tft_output: Optional[tft.TFTransformOutput]) -> Optional[list[str]]:
+    """Transform's label vocabulary (string labels; entry i is class i), or None for
+    integer labels, which are class indices already."""
+    if tft_output is None:
+        return None
+    try:
+        return [n.decode() if isinstance(n, bytes) else n
+                for n in tft_output.vocabulary_by_name(LABEL_VOCABULARY)]
+    except (ValueError, KeyError, tf.errors.NotFoundError):
+        return None  # integer labels: no vocabulary
+
+
 def class_names(tft_output: Optional[tft.TFTransformOutput], labels_file: Optional[str],
                 num_classes: Optional[int]) -> list[str]:
-    names = None
-    if tft_output is not None:
-        try:
-            names = [n.decode() if isinstance(n, bytes) else n
-                     for n in tft_output.vocabulary_by_name(LABEL_VOCABULARY)]
-        except (ValueError, KeyError, tf.errors.NotFoundError):
-            names = None  # integer labels: no vocabulary
+    names = vocabulary(tft_output)
     if names is None and labels_file:
         names = read_labels_file(labels_file)
     if names is None:

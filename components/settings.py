@@ -219,6 +219,10 @@ class TrainConfig(_Strict):
                             "(head included) when the class list and model are unchanged; otherwise "
                             "model.weights, and the Trainer says why. With it, transfer.epochs: 0 skips "
                             "phase 1. The Trainer then re-runs every run (its base model is re-read).")
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="Weight each class's examples in the training loss, both phases: none "
+                            "(all 1), or balanced (n_train / (n_classes * n_class), from DataCheck's "
+                            "train label counts; scikit-learn's formula), for imbalanced classes.")
 
     @model_validator(mode="after")
     def _cache_needs_plain_phase1(self):

@@ -19,8 +19,8 @@ from typing import Optional, Union
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from xfer.components import (augment, export, feature_cache, inputs, keras_setup, labels,  # noqa: F401
-                             model as model_lib, reports, resume, strategy as strategy_lib)
+from xfer.components import (augment, class_weights, export, feature_cache, inputs, keras_setup,  # noqa: F401
+                             labels, model as model_lib, reports, resume, strategy as strategy_lib)
 from xfer.components.settings import EarlyStoppingConfig, FineTuneConfig, TrainConfig, TrainerSettings, TransferConfig
 
 
@@ -68,13 +68,18 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
     chosen = _choose_strategy(t)
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     names = labels.class_names(tft_output, s.labels_file, s.num_classes)
+    weights = class_weights.for_training(t.class_weight, fn_args.train_files, names,
+                                         labels.vocabulary(tft_output))
+    if weights is not None:
+        print(f"[xfer] class weights (train.class_weight: {t.class_weight}): "
+              f"{class_weights.describe(weights, names)}", flush=True)
     with chosen.strategy.scope():
         classifier, base = model_lib.build_model(s.model, len(names))
     if t.warm_start == "served":
         from xfer.components.warm_start import warm_start
         print(warm_start(classifier, fn_args.base_model, names, f"model.weights ({s.model.weights})")[1],
               flush=True)
-    run = Run.prepare(fn_args, t, chosen, tft_output)
+    run = Run.prepare(fn_args, t, chosen, tft_output, weights)
     history = {}
 
     # Phase 1, transfer: the base frozen, only the head learns.
@@ -126,9 +131,12 @@ class Run:
     steps: Optional[int]
     val_steps: Optional[int]
     backup_root: Optional[str]
+    # train.class_weight: {class index: loss weight} for fit() in both phases, or None.
+    class_weight: Optional[dict] = None
 
     @classmethod
-    def prepare(cls, fn_args, t: TrainConfig, chosen, tft_output) -> "Run":
+    def prepare(cls, fn_args, t: TrainConfig, chosen, tft_output,
+                class_weight: Optional[dict] = None) -> "Run":
         augmenter = augment.build_augmenter(t.augment, t.seed)
         steps, val_steps = t.steps_per_epoch, None
         spe = t.steps_per_execution
@@ -144,7 +152,7 @@ class Run:
             print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples, "
                   f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
         return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
-                   resume.backup_dir(fn_args) if t.resume else None)
+                   resume.backup_dir(fn_args) if t.resume else None, class_weight)
 
     @property
     def on_tpu(self) -> bool:
@@ -177,9 +185,11 @@ def run_phase(run: Run, name: str, phase: Union[TransferConfig, FineTuneConfig],
     phase's epochs; returns the phase's history, whole even when it resumed."""
     with run.chosen.strategy.scope():
         model_lib.compile_for(model, phase.optimizer, phase.learning_rate, run.train.steps_per_execution)
+    # class_weight weights the training loss only (on images or on cached features alike:
+    # both datasets yield (x, sparse label)); validation loss and metrics stay unweighted.
     h = model.fit(train_ds, validation_data=eval_ds, initial_epoch=initial_epoch,
                   epochs=initial_epoch + phase.epochs, steps_per_epoch=run.steps,
-                  validation_steps=run.val_steps, verbose=0,
+                  validation_steps=run.val_steps, verbose=0, class_weight=run.class_weight,
                   callbacks=run.callbacks(name, phase.early_stopping, backup))
     return backup.history(h.history)
 

@@ -7,10 +7,35 @@ model that TFMA refused a pass. The values shown come from TFMA's metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 ACCURACY = "sparse_categorical_accuracy"
+EXAMPLE_COUNT = "example_count"
 NOT_APPLIED = "not applied: no model served yet"
+# The Evaluator's slice on the true label (pipeline.eval_config): Transform's feature name.
+LABEL_SLICE = "label"
+LOW = "LOW"
+
+
+@dataclass
+class ClassRecall:
+    """One true class's slice: accuracy within a true class is that class's recall."""
+    label: Union[int, str]  # the slice value: a class index, or a string label
+    examples: Optional[int]
+    candidate: Optional[float]
+    baseline: Optional[float]
+
+    def low(self, ev) -> bool:
+        """Recall 0, or below the baseline's by more than a drop threshold (informational)."""
+        if self.candidate is None:
+            return False
+        if self.candidate == 0.0:
+            return True
+        if self.baseline is None:
+            return False
+        drop = self.baseline - self.candidate
+        return ((ev.max_drop is not None and drop > ev.max_drop)
+                or (ev.max_drop_relative is not None and drop > ev.max_drop_relative * self.baseline))
 
 
 @dataclass
@@ -21,6 +46,14 @@ class Blessing:
     failures: list[str] = field(default_factory=list)  # TFMA's, one readable line each
     value_failed: bool = False   # TFMA failed accuracy on its value threshold
     change_failed: bool = False  # TFMA failed accuracy's change vs the baseline
+    per_class: list[ClassRecall] = field(default_factory=list)  # by class index
+    class_names: Optional[list[str]] = None  # line i names class i, when known
+
+    def class_name(self, label: Union[int, str]) -> str:
+        names = self.class_names
+        if isinstance(label, int) and names and 0 <= label < len(names):
+            return names[label]
+        return str(label)
 
     def report(self, ev) -> list[str]:
         """The blessing report: each threshold of `ev` (the eval config), the candidate's
@@ -41,6 +74,30 @@ class Blessing:
         lines = ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
         if self.failures:
             lines.append("  TFMA: " + "; ".join(self.failures))
+        return lines + self._per_class_lines(ev)
+
+    def _per_class_lines(self, ev) -> list[str]:
+        """Recall per true class, candidate and baseline; LOW marks a class at 0 or that
+        dropped by more than the drop threshold. Informational: the thresholds judge the
+        overall slice only."""
+        if not self.per_class:
+            return []
+        rows = [("class", "examples", "candidate", "baseline")]
+        marks = [""]
+        for c in self.per_class:
+            rows.append((self.class_name(c.label), "-" if c.examples is None else str(c.examples),
+                         _fmt(c.candidate), _fmt(c.baseline)))
+            marks.append(LOW if c.low(ev) else "")
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  recall per true class (informational: the thresholds above judge overall accuracy)"]
+        lines += [("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + m).rstrip()
+                  for r, m in zip(rows, marks)]
+        if any(marks):
+            drops = [f"more than {k} ({v:g}{' of it' if k.endswith('relative') else ''}) below the "
+                     f"served model's" for k, v in (("eval.max_drop", ev.max_drop),
+                                                     ("eval.max_drop_relative", ev.max_drop_relative))
+                     if v is not None]
+            lines.append(f"  {LOW}: recall 0" + "".join(f", or {d}" for d in drops))
         return lines
 
     def headline(self, ev) -> str:
@@ -83,9 +140,13 @@ def _verdict(failed: bool) -> str:
 def blessing_from(metrics, validation, blessed: bool) -> Blessing:
     """A Blessing from TFMA's MetricsForSlice records and its ValidationResult."""
     candidate = baseline = None
+    per_class: dict = {}
     for slice_metrics in metrics:
-        if slice_metrics.slice_key.single_slice_keys:
-            continue  # overall slice only
+        keys = slice_metrics.slice_key.single_slice_keys
+        if keys:
+            if len(keys) == 1 and keys[0].column == LABEL_SLICE:
+                _add_class(per_class, keys[0], slice_metrics.metric_keys_and_values)
+            continue
         for kv in slice_metrics.metric_keys_and_values:
             if kv.key.name != ACCURACY or kv.key.is_diff:
                 continue
@@ -94,7 +155,8 @@ def blessing_from(metrics, validation, blessed: bool) -> Blessing:
                 baseline = value
             else:
                 candidate = value
-    b = Blessing(blessed=blessed, candidate=candidate, baseline=baseline)
+    b = Blessing(blessed=blessed, candidate=candidate, baseline=baseline,
+                 per_class=[per_class[k] for k in sorted(per_class, key=lambda v: (isinstance(v, str), v))])
     for per_slice in validation.metric_validations_per_slice:
         for f in per_slice.failures:
             b.failures.append(f"{f.metric_key.name}{' change' if f.metric_key.is_diff else ''} = "
@@ -108,11 +170,34 @@ def blessing_from(metrics, validation, blessed: bool) -> Blessing:
     return b
 
 
-def read_blessing(evaluation_uri: str, blessed: bool) -> Blessing:
+def _add_class(per_class: dict, key, metric_keys_and_values) -> None:
+    kind = key.WhichOneof("kind")
+    value = getattr(key, kind)
+    if kind == "bytes_value":
+        value = value.decode("utf-8", "replace")
+    elif kind == "float_value":
+        value = int(value) if float(value).is_integer() else str(value)
+    c = per_class.setdefault(value, ClassRecall(label=value, examples=None, candidate=None, baseline=None))
+    for kv in metric_keys_and_values:
+        if kv.key.is_diff:
+            continue
+        v = kv.value.double_value.value
+        if kv.key.name == ACCURACY:
+            if kv.key.model_name == "baseline":
+                c.baseline = v
+            else:
+                c.candidate = v
+        elif kv.key.name == EXAMPLE_COUNT and (kv.key.model_name != "baseline" or c.examples is None):
+            c.examples = int(round(v))
+
+
+def read_blessing(evaluation_uri: str, blessed: bool, class_names: Optional[list[str]] = None) -> Blessing:
     import tensorflow_model_analysis as tfma
 
-    return blessing_from(tfma.load_metrics(evaluation_uri), tfma.load_validation_result(evaluation_uri),
-                         blessed)
+    b = blessing_from(tfma.load_metrics(evaluation_uri), tfma.load_validation_result(evaluation_uri),
+                      blessed)
+    b.class_names = class_names
+    return b
 
 
 def _threshold_text(threshold) -> str:

@@ -64,7 +64,7 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
                 if summary.bad_records:
                     summary.bad_records_file = os.path.join(a.uri, "bad_records.json")
     if evaluation_uri is not None:
-        summary.blessing = read_blessing(evaluation_uri, bool(blessed))
+        summary.blessing = read_blessing(evaluation_uri, bool(blessed), _model_class_names(summary.model_uri))
     return summary
 
 
@@ -123,13 +123,30 @@ def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Op
         "examples": summary.examples,
         "bad_records_skipped": summary.bad_records,
         "bad_records_file": summary.bad_records_file,
-        "metrics": {"accuracy": b.candidate if b else None, "baseline_accuracy": b.baseline if b else None},
+        "metrics": {"accuracy": b.candidate if b else None, "baseline_accuracy": b.baseline if b else None,
+                    "recall_per_class": [{"class": b.class_name(c.label), "examples": c.examples,
+                                          "candidate": c.candidate, "baseline": c.baseline}
+                                         for c in b.per_class] if b else []},
         "blessed": None if b is None else b.blessed,
         "thresholds": thresholds,
         "pushed": pushed,
         "not_pushed_because": why_not,
         "model": summary.model_uri,
     }
+
+def _model_class_names(model_uri: Optional[str]) -> Optional[list[str]]:
+    """The class names the Trainer exported beside the model (assets.extra/labels.txt),
+    for the per-class rows of the blessing report; None when not there."""
+    if not model_uri:
+        return None
+    import tensorflow as tf
+
+    path = os.path.join(model_uri, "Format-Serving", "assets.extra", "labels.txt")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except tf.errors.NotFoundError:
+        return None
 
 
 def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None) -> str:
