@@ -19,6 +19,7 @@ LABELS_FILE = os.path.join("assets.extra", "labels.txt")
 SERVING_JSON = os.path.join("assets.extra", "serving.json")  # the model's limits (components/export.py)
 DEFAULT_MAX_BATCH = 256
 TFRECORD_NAME_KEYS = ("id", "filename")  # copied into a record's result when present
+MAX_REQUEST_BYTES = 64 << 20  # a request is sent early once its files reach this size
 
 
 @dataclass
@@ -149,6 +150,18 @@ def count_folder(root: str) -> int:
     return sum(1 for _ in _folder_entries(root))
 
 
+def _reader_error(message: str) -> str:
+    """TensorFlow's reader message without the op's decorations: `truncated record at
+    byte 1780`, `corrupted record at byte 902` (a CRC mismatch)."""
+    import re
+
+    m = re.search(r"(truncated|corrupted) record at (\d+)", message)
+    if m:
+        return f"{m.group(1)} record at byte {m.group(2)}"
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message.splitlines()[0])
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip() or "unreadable"
+
+
 def tfrecord_items(pattern: str, image_key: str = "image") -> Iterator[Item]:
     """The image feature of every tf.Example in the files matching `pattern` (GZIP when a
     name ends in .gz), named `FILE#INDEX`. A broken file (truncated, bad CRC) gives one
@@ -192,7 +205,7 @@ def tfrecord_items(pattern: str, image_key: str = "image") -> Iterator[Item]:
                     continue
                 yield Item(name, data=values[0], extra=extra)
         except (tf.errors.DataLossError, tf.errors.OpError) as e:
-            reason = e.message.splitlines()[0] if e.message else type(e).__name__
+            reason = _reader_error(e.message or type(e).__name__)
             what = ("broken TFRecord file" if isinstance(e, tf.errors.DataLossError)
                     else "cannot read TFRecord file")
             yield Item(f"{path}#{index}", error=f"{what} ({reason}); "
@@ -243,6 +256,7 @@ class Predictor:
         batch = min(batch or self.max_batch, self.max_batch)
         pending: list[Prediction] = []
         chunk: list[tuple[Prediction, bytes]] = []
+        chunk_bytes = 0
         for item in items:
             r = Prediction(item.name, error=item.error, skipped=item.skipped, extra=item.extra)
             data = item.data
@@ -251,13 +265,15 @@ class Predictor:
             pending.append(r)
             if data is not None:
                 chunk.append((r, data))
-            # Flush on a full request, or when many inputs without bytes pile up (a folder
-            # of thousands of hidden files) so memory stays bounded either way.
-            if len(chunk) >= batch or len(pending) >= 4 * batch:
+                chunk_bytes += len(data)
+            # Flush on a full request, on MAX_REQUEST_BYTES of files (big photos), or when
+            # many inputs without bytes pile up (a folder of thousands of hidden files), so
+            # memory stays bounded either way.
+            if len(chunk) >= batch or chunk_bytes >= MAX_REQUEST_BYTES or len(pending) >= 4 * batch:
                 if chunk:
                     self._send(chunk, top_k)
                 yield from pending
-                pending, chunk = [], []
+                pending, chunk, chunk_bytes = [], [], 0
         if chunk:
             self._send(chunk, top_k)
         yield from pending
