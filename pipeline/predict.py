@@ -13,7 +13,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, TextIO
+from typing import Iterable, Iterator, Optional, TextIO
 
 LABELS_FILE = os.path.join("assets.extra", "labels.txt")
 SERVING_JSON = os.path.join("assets.extra", "serving.json")  # the model's limits (components/export.py)
