@@ -8,7 +8,7 @@ XFER := $(VENV)/bin/xfer
 # from source costs ~55 s per process instead of ~17 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install demo test test-fast test-container image compile bench clean
+.PHONY: install demo test test-fast test-container image compile bench bench-predict clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -50,6 +50,10 @@ test-fast: install
 # The benchmark against the plain-Keras script; writes bench/RESULTS.md (about 6 min).
 bench: install
 	$(VENV)/bin/python bench/run.py
+
+# `xfer predict` batch mode (--folder) against the single-file path, 500 images (about 2 min).
+bench-predict: install
+	$(VENV)/bin/python bench/predict.py
 
 compile: install
 	$(XFER) compile --config kubeflow --out pipeline.json

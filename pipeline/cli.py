@@ -120,17 +120,47 @@ def cmd_show(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import json
+    import os
 
-    from xfer.pipeline.predict import predict
+    from xfer.pipeline.predict import (Predictor, Progress, count_folder, file_items, folder_items,
+                                       tfrecord_items, write_predictions)
 
-    results = predict(args.model_dir, args.images, top_k=args.top_k)
-    if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=1))
+    sources = [bool(args.images), args.folder is not None, args.tfrecords is not None]
+    if sum(sources) != 1:
+        print("xfer predict: give image files, or --folder DIR, or --tfrecords GLOB (exactly one)",
+              file=sys.stderr)
+        return 2
+    if args.batch is not None and args.batch < 1:
+        print("xfer predict: --batch must be at least 1", file=sys.stderr)
+        return 2
+    if args.folder is not None and not os.path.isdir(args.folder):
+        print(f"xfer predict: --folder {args.folder}: not a folder", file=sys.stderr)
+        return 1
+    predictor = Predictor(args.model_dir)
+    batch = args.batch or predictor.max_batch
+    if batch > predictor.max_batch:
+        print(f"xfer predict: --batch {batch} is above the model's serving.max_batch "
+              f"({predictor.max_batch}); sending {predictor.max_batch} images per request",
+              file=sys.stderr)
+        batch = predictor.max_batch
+    total = None
+    if args.images:
+        items, total = file_items(args.images), len(args.images)
+    elif args.folder is not None:
+        items = folder_items(args.folder)
     else:
-        for r in results:
-            print(r.line())
-    return 0 if any(not r.error for r in results) else 1
+        items = tfrecord_items(args.tfrecords, image_key=args.image_key)
+    progress = None
+    if args.progress or sys.stderr.isatty():
+        if args.folder is not None:
+            total = count_folder(args.folder)  # a walk of names only, before reading
+        progress = Progress(sys.stderr, total)
+    summary = write_predictions(predictor.stream(items, top_k=args.top_k, batch=batch),
+                                out=args.out, as_json=args.json, progress=progress)
+    if args.out:
+        print(f"{args.out}: {summary.total} lines: {summary.predicted} predicted, "
+              f"{summary.errors} errors, {summary.skipped} skipped", file=sys.stderr)
+    return 0 if summary.predicted else 1
 
 
 def cmd_import_folder(args) -> int:
@@ -261,16 +291,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="pipeline.json", help="output file (default: pipeline.json)")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("predict", help="classify image files with a pushed model",
+    p = sub.add_parser("predict", help="classify images (files, a folder, TFRecords) with a pushed model",
                        description="Load a pushed model (a version folder, or the push destination: "
                                    "its latest complete version) and print, per image, the top "
                                    "classes with probabilities, using the raw-bytes serving "
-                                   "signature. Unreadable files and non-images get one line each; "
-                                   "the others are still predicted.")
+                                   "signature. Images are streamed in batches; unreadable files, "
+                                   "non-images and bad records get one line each naming the reason; "
+                                   "the others are still predicted. Exit 0 when at least one image "
+                                   "was predicted, 1 when none.")
     p.add_argument("model_dir", help="SavedModel folder, or a push destination")
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    p.add_argument("images", nargs="*", help="image files (JPEG, PNG, GIF, BMP)")
+    p.add_argument("--folder", metavar="DIR",
+                   help="every file under DIR, recursively, in sorted order (symlinks to folders "
+                        "not followed; hidden files reported as skipped)")
+    p.add_argument("--tfrecords", metavar="GLOB",
+                   help="TFRecord files of tf.Example (GZIP when the name ends in .gz); each result "
+                        "names FILE#RECORD_INDEX")
+    p.add_argument("--image-key", default="image",
+                   help="with --tfrecords: the feature holding the image bytes (default: image)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write JSON Lines (one object per image) to FILE (via FILE.tmp, renamed "
+                        "when done) instead of printing")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help="images per request (default and maximum: the model's serving.max_batch)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--progress", action="store_true",
+                   help="progress line on stderr (images done, images/s) even when it is not a terminal")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("submit", help="compile and start a run on Kubeflow Pipelines or Vertex AI",

@@ -1,13 +1,25 @@
-"""`xfer predict`: top classes for image files, from a pushed model's raw-bytes signature."""
+"""`xfer predict`: top classes for images, from a pushed model's raw-bytes signature.
+
+Images come from files given by name, every file under a folder (`--folder`), or the
+image feature of tf.Examples in TFRecord files (`--tfrecords`). They are streamed: read,
+batched (`--batch`, capped by the model's `serving.max_batch`), sent, written, repeated;
+neither all images nor all results are ever held. Every input gives exactly one result
+(predicted, an error, or skipped with a reason), in input order."""
 from __future__ import annotations
 
+import json
 import os
+import stat
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Iterator, Optional, TextIO
 
 LABELS_FILE = os.path.join("assets.extra", "labels.txt")
 SERVING_JSON = os.path.join("assets.extra", "serving.json")  # the model's limits (components/export.py)
 DEFAULT_MAX_BATCH = 256
+TFRECORD_NAME_KEYS = ("id", "filename")  # copied into a record's result when present
+MAX_REQUEST_BYTES = 64 << 20  # a request is sent early once its files reach this size
 
 
 @dataclass
@@ -15,26 +27,50 @@ class Prediction:
     image: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: Optional[str] = None
+    skipped: Optional[str] = None  # a file not sent, on purpose (hidden, not a regular file)
+    extra: dict = field(default_factory=dict)  # a record's id / filename features
+
+    @property
+    def predicted(self) -> bool:
+        return not self.error and not self.skipped
 
     def as_dict(self) -> dict:
-        if self.error:
-            return {"image": self.image, "error": self.error}
-        return {"image": self.image, "top": [{"class": c, "probability": p} for c, p in self.top]}
+        out = {"image": self.image, **self.extra}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        elif self.error:
+            out["error"] = self.error
+        else:
+            out["top"] = [{"class": c, "probability": p} for c, p in self.top]
+        return out
 
     def line(self) -> str:
+        name = self.image + "".join(f" ({k}={v})" for k, v in self.extra.items())
+        if self.skipped:
+            return f"{name}: skipped: {self.skipped}"
         if self.error:
-            return f"{self.image}: {self.error}"
-        return f"{self.image}: " + ", ".join(f"{c} {p:.4f}" for c, p in self.top)
+            return f"{name}: {self.error}"
+        return f"{name}: " + ", ".join(f"{c} {p:.4f}" for c, p in self.top)
+
+
+@dataclass
+class Item:
+    """One input: its bytes, or why there are none (then `error` or `skipped`)."""
+    name: str
+    data: Optional[bytes] = None
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+    extra: dict = field(default_factory=dict)
 
 
 def resolve_model_dir(path: str) -> str:
     """A SavedModel folder, or a push destination (then its latest complete version)."""
     import tensorflow as tf
 
-    from xfer.components.pusher import latest_version_dir
-
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
+    from xfer.components.pusher import latest_version_dir  # imports TFX: only when needed
+
     latest = latest_version_dir(path)
     if latest is None:
         raise FileNotFoundError(
@@ -62,44 +98,278 @@ def _decodes(data: bytes) -> bool:
         return False
 
 
-def predict(model_dir: str, images: list[str], top_k: int = 3) -> list[Prediction]:
-    import json
+# --- sources: each yields one Item per input, in order, reading as it goes -------------
 
+def file_items(paths: Iterable[str]) -> Iterator[Item]:
+    for p in paths:
+        data, error = _read(p)
+        yield Item(p, data=data, error=error)
+
+
+def _folder_entries(root: str) -> Iterator[tuple[str, Optional[str]]]:
+    """(path, None) for each file to read under `root`, or (path, why it is skipped).
+    Recursive, each folder's entries sorted by name with files and subfolders merged (so
+    a/b.png, a/c/x.png, a/d.png: sorted path order); symlinks to folders are never
+    followed (one line each), hidden entries (`.DS_Store`, `._x.jpg`, `.git/`) are
+    reported, not read."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        yield root, f"cannot list folder: {e.strerror}"
+        return
+    for e in entries:
+        path = e.path
+        try:
+            is_link, is_dir = e.is_symlink(), e.is_dir(follow_symlinks=False)
+            if e.name.startswith("."):
+                yield path, "hidden folder" if is_dir else "hidden file"
+            elif is_dir:
+                yield from _folder_entries(path)
+            elif is_link and os.path.isdir(path):
+                yield path, "symlink to a folder (not followed)"
+            elif is_link and not os.path.exists(path):
+                yield path, None  # a dangling link: reading it reports the error
+            else:
+                regular = stat.S_ISREG(e.stat(follow_symlinks=True).st_mode)
+                yield path, None if regular else "not a regular file"
+        except OSError:
+            yield path, None  # reading it reports the error
+
+
+def folder_items(root: str) -> Iterator[Item]:
+    for path, skipped in _folder_entries(root):
+        if skipped:
+            yield Item(path, skipped=skipped)
+        else:
+            data, error = _read(path)
+            yield Item(path, data=data, error=error)
+
+
+def count_folder(root: str) -> int:
+    return sum(1 for _ in _folder_entries(root))
+
+
+def _reader_error(message: str) -> str:
+    """TensorFlow's reader message without the op's decorations: `truncated record at
+    byte 1780`, `corrupted record at byte 902` (a CRC mismatch)."""
+    import re
+
+    m = re.search(r"(truncated|corrupted) record at (\d+)", message)
+    if m:
+        return f"{m.group(1)} record at byte {m.group(2)}"
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message.splitlines()[0])
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip() or "unreadable"
+
+
+def tfrecord_items(pattern: str, image_key: str = "image") -> Iterator[Item]:
+    """The image feature of every tf.Example in the files matching `pattern` (GZIP when a
+    name ends in .gz), named `FILE#INDEX`. A broken file (truncated, bad CRC) gives one
+    error naming the record where reading stopped; the next file is read."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
 
-    from xfer.components.labels import read_labels_file
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        yield Item(pattern, error="no TFRecord file matches this pattern")
+        return
+    for path in files:
+        compression = "GZIP" if path.endswith(".gz") else ""
+        index = 0
+        try:
+            for raw in tf.data.TFRecordDataset(path, compression_type=compression):
+                name = f"{path}#{index}"
+                index += 1
+                try:
+                    example = tf.train.Example.FromString(raw.numpy())
+                except DecodeError:
+                    yield Item(name, error="not a tf.Example")
+                    continue
+                features = example.features.feature
+                extra = {}
+                for key in TFRECORD_NAME_KEYS:
+                    if key in features:
+                        f = features[key]
+                        values = (list(f.bytes_list.value) or list(f.int64_list.value)
+                                  or list(f.float_list.value))
+                        if values:
+                            v = values[0]
+                            extra[key] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                if image_key not in features:
+                    yield Item(name, error=f"no '{image_key}' feature (--image-key)", extra=extra)
+                    continue
+                values = features[image_key].bytes_list.value
+                if len(values) != 1:
+                    yield Item(name, error=f"feature '{image_key}' holds {len(values)} byte strings, "
+                                           f"1 expected", extra=extra)
+                    continue
+                yield Item(name, data=values[0], extra=extra)
+        except (tf.errors.DataLossError, tf.errors.OpError) as e:
+            reason = _reader_error(e.message or type(e).__name__)
+            what = ("broken TFRecord file" if isinstance(e, tf.errors.DataLossError)
+                    else "cannot read TFRecord file")
+            yield Item(f"{path}#{index}", error=f"{what} ({reason}); "
+                                                f"records from {index} on not read")
 
-    model_dir = resolve_model_dir(model_dir)
-    model = tf.saved_model.load(model_dir)
-    serve = model.signatures["serving_default"]
-    names_path = os.path.join(model_dir, LABELS_FILE)
-    names = read_labels_file(names_path) if tf.io.gfile.exists(names_path) else None
-    limits_path = os.path.join(model_dir, SERVING_JSON)
-    max_batch = DEFAULT_MAX_BATCH
-    if tf.io.gfile.exists(limits_path):
-        with tf.io.gfile.GFile(limits_path) as f:
-            max_batch = int(json.load(f).get("max_batch", DEFAULT_MAX_BATCH))
-    # The model judges each image itself (size from its header, decodability) and says why
-    # in `error`; the files are sent as they are, never decoded here.
-    guarded = "error" in serve.structured_outputs
 
-    results = [Prediction(image=p) for p in images]
-    good = []
-    for r in results:
-        data, r.error = _read(r.image)
-        if data is not None and not guarded and not _decodes(data):
-            data, r.error = None, "not a decodable image (JPEG, PNG, GIF or BMP expected)"
-        if data is not None:
-            good.append((r, data))
-    for start in range(0, len(good), max_batch):
-        chunk = good[start:start + max_batch]
-        out = serve(images=tf.constant([d for _, d in chunk]))
+# --- the model ---------------------------------------------------------------------------
+
+class Predictor:
+    """A loaded model's serving_default, its class names and its batch limit."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        from xfer.components.labels import read_labels_file
+
+        self.model_dir = resolve_model_dir(model_dir)
+        self._model = tf.saved_model.load(self.model_dir)
+        self.serve = self._model.signatures["serving_default"]
+        names_path = os.path.join(self.model_dir, LABELS_FILE)
+        self.names = read_labels_file(names_path) if tf.io.gfile.exists(names_path) else None
+        limits_path = os.path.join(self.model_dir, SERVING_JSON)
+        self.max_batch = DEFAULT_MAX_BATCH
+        if tf.io.gfile.exists(limits_path):
+            with tf.io.gfile.GFile(limits_path) as f:
+                self.max_batch = int(json.load(f).get("max_batch", DEFAULT_MAX_BATCH))
+        # The model judges each image itself (size from its header, decodability) and says
+        # why in `error`; the bytes are sent as they are, never decoded here.
+        self.guarded = "error" in self.serve.structured_outputs
+
+    def _send(self, chunk: list[tuple[Prediction, bytes]], top_k: int) -> None:
+        import tensorflow as tf
+
+        out = self.serve(images=tf.constant([d for _, d in chunk]))
         probs = out["probabilities"].numpy()
-        errors = out["error"].numpy() if guarded else [b""] * len(chunk)
+        errors = out["error"].numpy() if self.guarded else [b""] * len(chunk)
         for (r, _), p, error in zip(chunk, probs, errors):
             if error:
                 r.error = error.decode("utf-8", "replace")
                 continue
             order = p.argsort()[::-1][:top_k]
-            r.top = [(names[i] if names else str(i), float(p[i])) for i in order]
-    return results
+            r.top = [(self.names[i] if self.names else str(i), float(p[i])) for i in order]
+
+    def stream(self, items: Iterable[Item], top_k: int = 3,
+               batch: Optional[int] = None) -> Iterator[Prediction]:
+        """One Prediction per item, in order; `batch` images per request (at most
+        max_batch). At most a few batches of items are held at once."""
+        batch = min(batch or self.max_batch, self.max_batch)
+        pending: list[Prediction] = []
+        chunk: list[tuple[Prediction, bytes]] = []
+        chunk_bytes = 0
+        for item in items:
+            r = Prediction(item.name, error=item.error, skipped=item.skipped, extra=item.extra)
+            data = item.data
+            if data is not None and not self.guarded and not _decodes(data):
+                data, r.error = None, "not a decodable image (JPEG, PNG, GIF or BMP expected)"
+            pending.append(r)
+            if data is not None:
+                chunk.append((r, data))
+                chunk_bytes += len(data)
+            # Flush on a full request, on MAX_REQUEST_BYTES of files (big photos), or when
+            # many inputs without bytes pile up (a folder of thousands of hidden files), so
+            # memory stays bounded either way.
+            if len(chunk) >= batch or chunk_bytes >= MAX_REQUEST_BYTES or len(pending) >= 4 * batch:
+                if chunk:
+                    self._send(chunk, top_k)
+                yield from pending
+                pending, chunk, chunk_bytes = [], [], 0
+        if chunk:
+            self._send(chunk, top_k)
+        yield from pending
+
+
+def predict(model_dir: str, images: list[str], top_k: int = 3) -> list[Prediction]:
+    """The given files, one Prediction each (a list: for a few files)."""
+    return list(Predictor(model_dir).stream(file_items(images), top_k=top_k))
+
+
+# --- writing -----------------------------------------------------------------------------
+
+class Progress:
+    """`predict: 1200/2000 images, 345.2 images/s` on stderr, at most every `every` s."""
+
+    def __init__(self, stream: TextIO, total: Optional[int], every: float = 1.0):
+        self.stream, self.total, self.every = stream, total, every
+        self.tty = stream.isatty()
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def _show(self, end: str) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        of = f"/{self.total}" if self.total is not None else ""
+        cr = "\r" if self.tty else ""
+        self.stream.write(f"{cr}predict: {self.done}{of} images, "
+                          f"{self.done / elapsed:.1f} images/s{end}")
+        self.stream.flush()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._show("" if self.tty else "\n")
+
+    def close(self) -> None:
+        self._show("\n")
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    predicted: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+def write_predictions(results: Iterable[Prediction], out: Optional[str] = None,
+                      as_json: bool = False, stdout: Optional[TextIO] = None,
+                      progress: Optional[Progress] = None) -> Summary:
+    """Write as they come: JSON Lines to `out` (into OUT.tmp, renamed when complete; the
+    tmp file is removed on failure), else lines (or, with as_json, one JSON array) on
+    stdout."""
+    summary = Summary()
+    stdout = stdout or sys.stdout
+
+    def count(r: Prediction) -> None:
+        summary.total += 1
+        if r.skipped:
+            summary.skipped += 1
+        elif r.error:
+            summary.errors += 1
+        else:
+            summary.predicted += 1
+        if progress:
+            progress.step()
+
+    if out:
+        tmp = out + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in results:
+                    f.write(json.dumps(r.as_dict()) + "\n")
+                    count(r)
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
+    elif as_json:
+        # The same text as json.dumps(list, indent=1), written one element at a time.
+        first = True
+        for r in results:
+            body = "\n".join(" " + ln for ln in json.dumps(r.as_dict(), indent=1).splitlines())
+            stdout.write(("[\n" if first else ",\n") + body)
+            first = False
+            count(r)
+        stdout.write("[]\n" if first else "\n]\n")
+    else:
+        for r in results:
+            stdout.write(r.line() + "\n")
+            count(r)
+    stdout.flush()
+    if progress:
+        progress.close()
+    return summary
