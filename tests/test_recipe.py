@@ -354,7 +354,7 @@ def test_trainer_run_with_the_whole_recipe(data, tmp_path, capsys):  # noqa: F81
     # 96 train examples / batch 16 = 6 steps an epoch, counted from the records
     assert ("[xfer] transfer: adam 0.01, cosine with 0.5 warm-up epochs (12 steps), label smoothing 0.1, "
             "mixup 0.2, cutmix 1") in out, out
-    assert ("[xfer] fine_tune: adam 1e-3, one_cycle with 25% of the phase rising (6 steps), base layers x0.1, "
+    assert ("[xfer] fine_tune: adam 0.001, one_cycle with 25% of the phase rising (6 steps), base layers x0.1, "
             "label smoothing 0.1, mixup 0.2, cutmix 1") in out, out
     assert "cached base features" not in out and "transfer done: 2 epochs" in out and "(on images)" in out, out
     assert "fine-tune epoch 3:" in out, out
