@@ -279,6 +279,18 @@ def mixer(aug: AugmentConfig, num_classes: int, seed: int) -> Optional[Callable[
     return apply
 
 
+# --- export -------------------------------------------------------------------------------
+
+def compiled_with_recipe(model: tf.keras.Model) -> bool:
+    """Whether `model` is compiled with any of this module's classes (optimizer, schedule,
+    loss): a SavedModel holding them loads with compile=True (as TFMA loads the candidate)
+    only where this module was imported."""
+    opt = getattr(model, "optimizer", None)
+    opt = getattr(opt, "inner_optimizer", opt)  # mixed precision's LossScaleOptimizer
+    return (isinstance(opt, _BaseRate) or isinstance(getattr(opt, "_learning_rate", None), PhaseSchedule)
+            or isinstance(getattr(model, "loss", None), SoftTargetCrossentropy))
+
+
 # --- the recipe line ----------------------------------------------------------------------
 
 def _rate(lr: float) -> str:

@@ -114,6 +114,13 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
               f"{time.perf_counter() - start:.1f}s", flush=True)
 
+    if recipe.compiled_with_recipe(classifier):
+        # The exported model must load anywhere with compile=True (TFMA loads it so, in
+        # processes that never import xfer): its training config is the plain one of the
+        # last phase's optimizer, sparse cross-entropy and accuracy, as without a recipe.
+        last = t.fine_tune if t.fine_tune.enabled and t.fine_tune.epochs else t.transfer
+        with chosen.strategy.scope():
+            model_lib.compile_for(classifier, last.optimizer, last.learning_rate, t.steps_per_execution)
     _export(fn_args, s, classifier, tft_output, names, history)
     if t.reports:
         _reports(run, classifier, history, names)

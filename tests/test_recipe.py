@@ -366,3 +366,36 @@ def test_trainer_run_with_the_whole_recipe(data, tmp_path, capsys):  # noqa: F81
     png = data["splits"]["eval"][0][1]
     probs = model.signatures["serving_default"](images=tf.constant([png]))["probabilities"].numpy()
     assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-4
+    # TFMA loads the candidate with compile=True in processes that never import xfer: the
+    # exported training config names only Keras' own classes
+    metadata = open(os.path.join(args.serving_model_dir, "keras_metadata.pb"), "rb").read()
+    assert b"xfer>" not in metadata and b"SparseCategoricalCrossentropy" in metadata
+
+
+def test_discriminative_rates_and_a_schedule_under_mixed_float16_loss_scaling():
+    """On GPU the Trainer's policy is mixed_float16: Keras wraps the optimizer in a
+    LossScaleOptimizer, which hands the unscaled gradients to ours. The same step at
+    factor 0.1 and 1: the base moves a tenth as far, the head as far."""
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        moved = {}
+        for factor in (0.1, 1.0):
+            model, base, x, y = _phase2_model()
+            compile_for(model, "sgd", recipe.PhaseSchedule(0.05, 4, 0, "cosine"), label_smoothing=0.1,
+                        base_variables=base.trainable_variables, base_lr_factor=factor)
+            assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+            assert recipe.compiled_with_recipe(model)
+            base_ids = {id(v) for v in base.trainable_variables}
+            before = {id(v): v.numpy().copy() for v in model.trainable_variables}
+            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+            assert int(model.optimizer.iterations.numpy()) == 1
+            moved[factor] = {part: np.concatenate([(v.numpy() - before[id(v)]).ravel()
+                                                   for v in model.trainable_variables
+                                                   if (id(v) in base_ids) == (part == "base")])
+                             for part in ("base", "head")}
+        assert np.linalg.norm(moved[1.0]["base"]) > 0
+        np.testing.assert_allclose(moved[0.1]["base"], 0.1 * moved[1.0]["base"], rtol=1e-3,
+                                   atol=1e-3 * np.abs(moved[1.0]["base"]).max())
+        np.testing.assert_allclose(moved[0.1]["head"], moved[1.0]["head"], rtol=1e-5, atol=1e-9)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
