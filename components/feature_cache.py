@@ -18,7 +18,8 @@ MAX_BYTES = 1_500_000_000
 
 
 def wanted(setting: str, augments: bool) -> bool:
-    """Whether phase 1 runs on cached features (`on` with augmentation is a config error)."""
+    """Whether phase 1 runs on cached features (`on` with augmentation is a config error).
+    `augments`: anything random touches the training images (augment layers, MixUp, CutMix)."""
     return setting == "on" or (setting == "auto" and not augments)
 
 

@@ -11,7 +11,7 @@ examples in exactly the order phase 1 on images would.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -61,8 +61,11 @@ def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
 def make_dataset(patterns: list[str], tft_output: tft.TFTransformOutput, *, batch_size: int,
                  training: bool, seed: int, shuffle_buffer: int = 1024,
                  augmenter: Optional[tf.keras.layers.Layer] = None,
-                 repeat: bool = False, drop_remainder: bool = True) -> tf.data.Dataset:
-    """(image, label) batches; augmentation only when `training` and an augmenter is given."""
+                 repeat: bool = False, drop_remainder: bool = True,
+                 mixer: Optional[Callable[[tf.data.Dataset], tf.data.Dataset]] = None) -> tf.data.Dataset:
+    """(image, label) batches; augmentation only when `training` and an augmenter is given;
+    then, training only, `mixer` (MixUp/CutMix, components/recipe.py) turns each batch into
+    (mixed images, soft targets)."""
     ds = order(read_records(patterns), training=training, seed=seed, shuffle_buffer=shuffle_buffer,
                repeat=repeat, batch_size=batch_size, drop_remainder=drop_remainder)
     raw_spec = tft_output.raw_feature_spec()
@@ -77,4 +80,6 @@ def make_dataset(patterns: list[str], tft_output: tft.TFTransformOutput, *, batc
     if training and augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE,
                     deterministic=True)
+    if training and mixer is not None:
+        ds = mixer(ds)
     return finish(ds)

@@ -151,7 +151,27 @@ class EarlyStoppingConfig(_Strict):
     restore_best_weights: bool = True
 
 
-class TransferConfig(_Strict):
+class _PhaseSchedule(_Strict):
+    """The learning-rate schedule of one phase, stepped per optimizer step."""
+    schedule: Literal["constant", "cosine", "one_cycle"] = Field(
+        "constant", description="constant: learning_rate throughout; cosine: from learning_rate down to "
+                                "~0 over the phase's steps after the warm-up; one_cycle: fastai's "
+                                "fit_one_cycle (cosine up from learning_rate/25 to learning_rate over "
+                                "the warm-up, 25% of the phase when warmup_epochs is 0, then cosine "
+                                "down to learning_rate/1e5).")
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, description="Epochs (fractions allowed) of linear warm-up from ~0 to learning_rate "
+                                 "before the schedule (with one_cycle: the length of its rising part).")
+
+    @model_validator(mode="after")
+    def _warmup_within_phase(self):
+        if self.epochs and self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) is longer than the phase "
+                             f"(epochs: {self.epochs}); set warmup_epochs to at most {self.epochs}")
+        return self
+
+
+class TransferConfig(_PhaseSchedule):
     epochs: int = Field(3, ge=0)
     learning_rate: float = Field(1e-3, gt=0)
     optimizer: Optimizer = "adam"
@@ -168,10 +188,14 @@ class TransferConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
-class FineTuneConfig(_Strict):
+class FineTuneConfig(_PhaseSchedule):
     enabled: bool = True
     epochs: int = Field(3, ge=0)
     learning_rate: float = Field(1e-5, gt=0)
+    base_lr_factor: float = Field(
+        1.0, gt=0.0, le=1.0, description="The unfrozen base layers learn at learning_rate x this, the head "
+                                         "at learning_rate (fastai's discriminative rates); exact for every "
+                                         "optimizer (adam, rmsprop and sgd alike).")
     optimizer: Optimizer = "adam"
     from_layer: Optional[str] = Field(
         None, description="Unfreeze the base from this layer on (e.g. block5_conv1).")
@@ -187,9 +211,20 @@ class AugmentConfig(_Strict):
     zoom: float = Field(0.0, ge=0.0, lt=1.0)
     translation: float = Field(0.0, ge=0.0, lt=1.0)
     contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    mixup: float = Field(
+        0.0, ge=0.0, description="MixUp's Beta(alpha, alpha) (0: off; timm uses 0.8): each training batch "
+                                 "blended with itself reversed, labels likewise (soft labels).")
+    cutmix: float = Field(
+        0.0, ge=0.0, description="CutMix's Beta(alpha, alpha) (0: off; timm uses 1.0): a box of the "
+                                 "reversed batch pasted in, labels by area. With mixup too, each batch "
+                                 "takes one of the two at random (timm's switch_prob 0.5).")
 
     def any(self) -> bool:
-        return any(v for v in self.model_dump().values())
+        """Any per-image random layer (flip, rotation, ...); MixUp and CutMix are `mixes()`."""
+        return any(v for k, v in self.model_dump().items() if k not in ("mixup", "cutmix"))
+
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix)
 
 
 class TrainConfig(_Strict):
@@ -223,6 +258,9 @@ class TrainConfig(_Strict):
         "none", description="Weight each class's examples in the training loss, both phases: none "
                             "(all 1), or balanced (n_train / (n_classes * n_class), from DataCheck's "
                             "train label counts; scikit-learn's formula), for imbalanced classes.")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Both phases train on targets one_hot*(1-e) + e/K (K classes); "
+                                         "validation loss and accuracy stay on the true labels.")
 
     @model_validator(mode="after")
     def _cache_needs_plain_phase1(self):
@@ -231,6 +269,12 @@ class TrainConfig(_Strict):
                 "transfer.cache_features is 'on' but train.augment is set: cached features are "
                 "computed once, so phase 1 would never see an augmented image; set "
                 "cache_features to auto (cache only without augmentation) or off, or drop augment")
+        if self.transfer.cache_features == "on" and self.augment.mixes():
+            which = " and ".join(k for k in ("mixup", "cutmix") if getattr(self.augment, k))
+            raise ValueError(
+                f"transfer.cache_features is 'on' but train.augment.{which} is set: cached features "
+                f"are computed once from whole images, so phase 1 could never train on mixed images; "
+                f"set cache_features to auto (phase 1 then trains on images) or off, or drop {which}")
         return self
 
 

@@ -13,14 +13,14 @@ import gc
 import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Optional, Union
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from xfer.components import (augment, class_weights, export, feature_cache, inputs, keras_setup,  # noqa: F401
-                             labels, model as model_lib, reports, resume, strategy as strategy_lib)
+                             labels, model as model_lib, recipe, reports, resume, strategy as strategy_lib)
 from xfer.components.settings import EarlyStoppingConfig, FineTuneConfig, TrainConfig, TrainerSettings, TransferConfig
 
 
@@ -79,7 +79,7 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         from xfer.components.warm_start import warm_start
         print(warm_start(classifier, fn_args.base_model, names, f"model.weights ({s.model.weights})")[1],
               flush=True)
-    run = Run.prepare(fn_args, t, chosen, tft_output, weights)
+    run = Run.prepare(fn_args, t, chosen, tft_output, weights, num_classes=len(names))
     history = {}
 
     # Phase 1, transfer: the base frozen, only the head learns.
@@ -110,10 +110,17 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         history["fine_tune"] = run_phase(
             run, "fine_tune", t.fine_tune, resume.Phase(run.backup_root, "fine_tune"), classifier,
             run.images("train", training=True), run.images("eval", training=False),
-            initial_epoch=_epochs_run(history.get("transfer", {})))
+            initial_epoch=_epochs_run(history.get("transfer", {})), base_variables=base.trainable_variables)
         print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
               f"{time.perf_counter() - start:.1f}s", flush=True)
 
+    if recipe.compiled_with_recipe(classifier):
+        # The exported model must load anywhere with compile=True (TFMA loads it so, in
+        # processes that never import xfer): its training config is the plain one of the
+        # last phase's optimizer, sparse cross-entropy and accuracy, as without a recipe.
+        last = t.fine_tune if t.fine_tune.enabled and t.fine_tune.epochs else t.transfer
+        with chosen.strategy.scope():
+            model_lib.compile_for(classifier, last.optimizer, last.learning_rate, t.steps_per_execution)
     _export(fn_args, s, classifier, tft_output, names, history)
     if t.reports:
         _reports(run, classifier, history, names)
@@ -133,11 +140,15 @@ class Run:
     backup_root: Optional[str]
     # train.class_weight: {class index: loss weight} for fit() in both phases, or None.
     class_weight: Optional[dict] = None
+    # MixUp/CutMix on training batches (recipe.mixer), or None.
+    mixer: Optional[Callable] = None
+    _epoch_steps: Optional[int] = field(default=None, repr=False)
 
     @classmethod
     def prepare(cls, fn_args, t: TrainConfig, chosen, tft_output,
-                class_weight: Optional[dict] = None) -> "Run":
+                class_weight: Optional[dict] = None, num_classes: Optional[int] = None) -> "Run":
         augmenter = augment.build_augmenter(t.augment, t.seed)
+        mixer = recipe.mixer(t.augment, num_classes, t.seed) if num_classes else None
         steps, val_steps = t.steps_per_epoch, None
         spe = t.steps_per_execution
         if spe > 1:
@@ -152,7 +163,31 @@ class Run:
             print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples, "
                   f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
         return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
-                   resume.backup_dir(fn_args) if t.resume else None, class_weight)
+                   resume.backup_dir(fn_args) if t.resume else None, class_weight, mixer)
+
+    def epoch_steps(self) -> int:
+        """Optimizer steps in an epoch, for a learning-rate schedule: train.steps_per_epoch,
+        else the train examples (DataCheck's label counts beside them, else one count of
+        the records) over the batch size."""
+        if self.steps is not None:
+            return self.steps
+        if self._epoch_steps is None:
+            n = self._train_examples()
+            b = self.train.batch_size
+            self._epoch_steps = max(1, n // b if self.on_tpu else -(-n // b))
+        return self._epoch_steps
+
+    def _train_examples(self) -> int:
+        from xfer.components.data_check import read_label_counts
+
+        try:
+            counts = read_label_counts(class_weights.examples_uri(self.fn_args.train_files))
+            n = sum(int(v) for v in counts["train"].values())
+            if n > 0:
+                return n
+        except Exception:  # noqa: BLE001 - examples not from DataCheck (no counts): count them
+            pass
+        return inputs.count_records(self.fn_args.train_files)
 
     @property
     def on_tpu(self) -> bool:
@@ -169,7 +204,8 @@ class Run:
         return inputs.make_dataset(
             files, self.tft_output, batch_size=self.train.batch_size, training=training, seed=self.train.seed,
             shuffle_buffer=self.train.shuffle_buffer, augmenter=self.augmenter if training else None,
-            repeat=training and self.steps is not None, drop_remainder=self.on_tpu)
+            repeat=training and self.steps is not None, drop_remainder=self.on_tpu,
+            mixer=self.mixer if training else None)
 
     def callbacks(self, phase: str, early_stopping: Optional[EarlyStoppingConfig], backup: resume.Phase) -> list:
         # Backup and journal first: when the epoch line shows, the epoch is saved.
@@ -180,11 +216,20 @@ class Run:
 
 
 def run_phase(run: Run, name: str, phase: Union[TransferConfig, FineTuneConfig], backup: resume.Phase,
-              model: tf.keras.Model, train_ds, eval_ds, initial_epoch: int = 0) -> dict:
-    """Compile `model` at the phase's optimizer and learning rate and fit it for the
-    phase's epochs; returns the phase's history, whole even when it resumed."""
+              model: tf.keras.Model, train_ds, eval_ds, initial_epoch: int = 0, base_variables=()) -> dict:
+    """Compile `model` at the phase's optimizer and learning rate (schedule) and fit it for
+    the phase's epochs; returns the phase's history, whole even when it resumed.
+
+    The schedule steps on the optimizer's iterations: a fresh optimizer per phase counts
+    this phase's steps from 0 (whatever `initial_epoch`), and BackupAndRestore restores
+    them with the model, so a resumed phase continues its schedule where it stopped."""
+    t = run.train
+    steps = run.epoch_steps() if recipe.needs_schedule(phase) else None
+    print(recipe.describe(name, phase, t.label_smoothing, t.augment, steps), flush=True)
     with run.chosen.strategy.scope():
-        model_lib.compile_for(model, phase.optimizer, phase.learning_rate, run.train.steps_per_execution)
+        model_lib.compile_for(model, phase.optimizer, recipe.learning_rate(phase, steps), t.steps_per_execution,
+                              label_smoothing=t.label_smoothing, soft_targets=run.mixer is not None,
+                              base_variables=base_variables, base_lr_factor=getattr(phase, "base_lr_factor", 1.0))
     # class_weight weights the training loss only (on images or on cached features alike:
     # both datasets yield (x, sparse label)); validation loss and metrics stay unweighted.
     h = model.fit(train_ds, validation_data=eval_ds, initial_epoch=initial_epoch,
@@ -198,7 +243,7 @@ def _phase1_inputs(run: Run, classifier: tf.keras.Model):
     """(model to fit, train batches, eval batches): the head on cached base features
     when nothing random touches the images and they fit in memory, else the classifier
     on images."""
-    if feature_cache.wanted(run.train.transfer.cache_features, run.augmenter is not None):
+    if feature_cache.wanted(run.train.transfer.cache_features, run.augmenter is not None or run.mixer is not None):
         cached = _cached_features(run, classifier)
         if cached is not None:
             return cached
