@@ -247,6 +247,9 @@ def DataCheck(
     for line in found:
         print(f"[xfer] anomaly (data.on_anomaly: warn, continuing): {line}", flush=True)
 
+    # On Kubeflow the output folder is not made for the step (on an object store there are
+    # no folders); locally TFX makes it. Everything below writes into it.
+    tf.io.gfile.makedirs(checked_examples.uri)
     stats = read_span_stats(examples.uri)
     if stats is not None:
         compared = compare_spans(stats, json.loads(drift))
