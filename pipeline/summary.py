@@ -27,6 +27,7 @@ class RunSummary:
     examples: dict[str, int] = field(default_factory=dict)  # split -> records kept by DataCheck
     bad_records: Optional[int] = None                     # skipped by DataCheck (None: did not run)
     bad_records_file: Optional[str] = None
+    drifted: Optional[int] = None  # kinds over data.drift thresholds (None: not compared)
 
 
 def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunSummary:
@@ -61,6 +62,8 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
             elif type_name == "Examples" and node == "DataCheck" and summary.states[node] in ("executed", "cached"):
                 summary.bad_records = int(mlmd.custom_property(a, "bad_records") or 0)
                 summary.examples = _kept(a.uri)
+                drifted = mlmd.custom_property(a, "drifted")
+                summary.drifted = int(drifted) if drifted is not None else None
                 if summary.bad_records:
                     summary.bad_records_file = os.path.join(a.uri, "bad_records.json")
     if evaluation_uri is not None:
@@ -123,6 +126,7 @@ def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Op
         "examples": summary.examples,
         "bad_records_skipped": summary.bad_records,
         "bad_records_file": summary.bad_records_file,
+        "drifted_kinds": summary.drifted,
         "metrics": {"accuracy": b.candidate if b else None, "baseline_accuracy": b.baseline if b else None,
                     "recall_per_class": [{"class": b.class_name(c.label), "examples": c.examples,
                                           "candidate": c.candidate, "baseline": c.baseline}
@@ -166,6 +170,9 @@ def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None
                          + (f" (baseline {b.baseline:.4f})" if b.baseline is not None else ""))
         lines.append(b.headline(ev))
         lines += b.report(ev)
+    if summary.drifted:
+        lines.append(f"drift: {summary.drifted} kind(s) over the data.drift thresholds, trained anyway "
+                     f"(data.on_anomaly: warn); `xfer show {summary.run_id} DataCheck` compares the spans")
     if summary.bad_records:
         lines.append(f"bad records skipped: {summary.bad_records} (data.on_bad_image: skip), listed in "
                      f"{summary.bad_records_file}")

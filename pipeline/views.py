@@ -261,6 +261,9 @@ def format_show(metadata_path: str, pipeline_name: str, run_id: str, ev,
                         if t == "ModelBlessing" and mlmd.custom_property(a, "blessed") is not None), None)
         for type_name, a in arts:
             lines.append(f"  {type_name}: {a.uri}")
+            if type_name == "Examples" and (mlmd.custom_property(a, "spans") or mlmd.custom_property(a, "span")):
+                spans = mlmd.custom_property(a, "spans") or str(mlmd.custom_property(a, "span"))
+                lines.append(f"    spans: {spans.replace(',', ', ')}")
             if type_name == "Examples" and node == "ImportExampleGen":
                 lines += ["  " + line for line in label_distribution(a.uri, label_key)]
             elif type_name == "Examples" and node == "DataCheck":

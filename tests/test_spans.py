@@ -76,6 +76,8 @@ def test_a_window_of_two_spans_trains_on_both_and_evaluates_on_the_newest(tmp_pa
     assert result["spans"] == [2, 3] and result["examples"] == {"eval": 16, "train": 80}, result
     runs = xfer("runs", *config).stdout
     assert "span 2,3 " in runs.splitlines()[0], runs
+    shown = xfer("show", *config, "latest", "ImportExampleGen").stdout
+    assert "spans: 2, 3" in shown, shown
     # A window wider than the spans present trains on what exists, and says so.
     wide = xfer("run", *_config(tmp_path / "root2", data, cifar, "--set", "data.spans.window=5"),
                 "--to", "DataCheck").stdout
@@ -99,6 +101,8 @@ def test_a_skewed_span_stops_the_run_under_fail_and_warns_under_warn(tmp_path, c
     assert "image format mix" not in err and "Traceback" not in err  # same formats and sizes: no drift there
     warned = xfer("run", *config, "--set", "data.on_anomaly=warn", "--to", "DataCheck").stdout
     assert "[xfer] drift (data.on_anomaly: warn, continuing): label distribution: L-infinity" in warned, warned
+    assert "drift: 1 kind(s) over the data.drift thresholds, trained anyway (data.on_anomaly: warn)" in warned
+    assert _result(warned)["drifted_kinds"] == 1
     shown = xfer("show", *config, "latest", "DataCheck").stdout
     assert "drift, span 2 vs span 1:" in shown and "label distribution: L-infinity" in shown, shown
     assert "image format mix: L-infinity 0.000 within data.drift.format_linf 0.2" in shown, shown
