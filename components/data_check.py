@@ -18,7 +18,8 @@ from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, 
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from xfer.components.import_gen import SPANS_PROPERTY, fingerprint, read_provenance, read_span_stats
+from xfer.components.import_gen import SPANS_PROPERTY, read_provenance, read_span_stats
+from xfer.components.tfrecords import compression_of, fingerprint, label_text
 
 ID_KEYS = ("id", "filename")
 SHOWN = 10
@@ -76,7 +77,7 @@ class _Check(beam.DoFn):
         import tensorflow as tf
 
         path, split = item
-        dataset = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
+        dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path))
         for index, raw in enumerate(dataset.as_numpy_iterator()):
             reason, ident, features = None, None, None
             try:
@@ -105,9 +106,7 @@ class _Check(beam.DoFn):
                     bad["missing"], bad["features"] = missing, sorted(features)
                 yield beam.pvalue.TaggedOutput("bad", bad)
             else:
-                f = features[self.label_key]
-                label = f.int64_list.value[0] if f.int64_list.value else f.bytes_list.value[0].decode("utf-8", "replace")
-                yield split, raw, str(label)
+                yield split, raw, label_text(features[self.label_key])
 
 
 LABEL_COUNTS = "label_counts.json"
@@ -142,7 +141,12 @@ def _write_json(bad: list, path: str) -> None:
         f.write(json.dumps(sorted(bad, key=lambda b: (b["split"], b["file"], b["index"])), indent=1))
 
 
-def _describe(bad: dict) -> str:
+def records_kept(checked_examples_uri: str) -> dict:
+    """{split: records kept}, from the label counts."""
+    return {split: sum(labels.values()) for split, labels in read_label_counts(checked_examples_uri).items()}
+
+
+def describe(bad: dict) -> str:
     ident = f", id {bad['id']}" if bad["id"] else ""
     where = (f"{bad['source']} record {bad['source_index']}" if bad.get("source")
              else f"{os.path.basename(bad['file'])} record {bad['index']}")
@@ -302,9 +306,9 @@ def DataCheck(
     if examples.has_custom_property(SPANS_PROPERTY):
         checked_examples.set_string_custom_property(SPANS_PROPERTY, examples.get_string_custom_property(SPANS_PROPERTY))
     checked_examples.set_int_custom_property("bad_records", len(bad))
-    shown = "; ".join(_describe(b) for b in bad[:SHOWN]) + (
+    shown = "; ".join(describe(b) for b in bad[:SHOWN]) + (
         f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else "")
-    good = {split: sum(labels.values()) for split, labels in read_label_counts(checked_examples.uri).items()}
+    good = records_kept(checked_examples.uri)
     _raise_if_a_key_is_absent(bad, good, splits, image_key, label_key)
     if bad and on_bad_image == "fail":
         raise DataCheckFailed(

@@ -37,6 +37,8 @@ from tfx.components.example_gen.import_example_gen import executor as tfx_import
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 
+from xfer.components.tfrecords import compression_of, fingerprint, label_text  # noqa: F401 (re-exported)
+
 PROVENANCE = "provenance"
 PROBLEMS = "door_problems.json"
 SPAN_STATS = "span_stats.json"
@@ -89,11 +91,8 @@ def record_stats(example, image_key: str, label_key: str) -> tuple:
     from PIL import Image
 
     f = example.features.feature
-    label = "-"
-    if label_key in f:
-        v = f[label_key]
-        label = str(v.int64_list.value[0]) if v.int64_list.value else (
-            v.bytes_list.value[0].decode("utf-8", "replace") if v.bytes_list.value else "-")
+    v = f[label_key] if label_key in f else None
+    label = label_text(v) if v is not None and (v.int64_list.value or v.bytes_list.value) else "-"
     fmt, size = "none", "none"
     if image_key in f and f[image_key].bytes_list.value:
         try:
@@ -106,14 +105,6 @@ def record_stats(example, image_key: str, label_key: str) -> tuple:
 
 class RecordsRefused(ValueError):
     """Input files that are not TFRecords of tf.Example; the message names them."""
-
-
-def fingerprint(raw: bytes) -> str:
-    return hashlib.blake2b(raw, digest_size=10).hexdigest()
-
-
-def compression_of(path: str) -> str:
-    return "GZIP" if path.endswith((".gz", ".gzip")) else ""
 
 
 def _framing_problem(message: str, index: int) -> str:
@@ -149,7 +140,7 @@ class _ReadFile(beam.DoFn):
         path, span = item  # span: for the drift statistics (None: none kept)
 
         prints: List[str] = []
-        bad_records: List[str] = []
+        not_examples, shown = 0, []  # records that are not tf.Example: how many, the first SHOWN
         index = 0
         try:
             dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path))
@@ -160,10 +151,9 @@ class _ReadFile(beam.DoFn):
                         if raw and not example.ListFields():
                             raise ValueError("it parses, but holds no tf.Example fields")
                     except Exception as e:  # noqa: BLE001 - DecodeError, or the check above
-                        if len(bad_records) < SHOWN:
-                            bad_records.append(f"record {index} ({str(e)[:80]})")
-                        else:
-                            bad_records.append("")
+                        not_examples += 1
+                        if len(shown) < SHOWN:
+                            shown.append(f"record {index} ({str(e)[:80]})")
                         index += 1
                         continue
                     if span is not None:
@@ -176,12 +166,11 @@ class _ReadFile(beam.DoFn):
         except tf.errors.OpError as e:
             yield beam.pvalue.TaggedOutput("problems", {
                 "file": path, "index": index, "reason": _framing_problem(e.message, index)})
-        if bad_records:
-            shown = [b for b in bad_records if b]
-            more = len(bad_records) - len(shown)
+        if not_examples:
+            more = not_examples - len(shown)
             yield beam.pvalue.TaggedOutput("problems", {
                 "file": path, "index": None,
-                "reason": (f"{len(bad_records)} record(s) are not tf.Example: " + "; ".join(shown)
+                "reason": (f"{not_examples} record(s) are not tf.Example: " + "; ".join(shown)
                            + (f" (and {more} more)" if more else "")
                            + "; write each with tf.train.Example(...).SerializeToString(), or use "
                              "`xfer data import-folder` to make the records from image folders")})

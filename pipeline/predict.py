@@ -164,17 +164,19 @@ def _reader_error(message: str) -> str:
 
 def tfrecord_items(pattern: str, image_key: str = "image") -> Iterator[Item]:
     """The image feature of every tf.Example in the files matching `pattern` (GZIP when a
-    name ends in .gz), named `FILE#INDEX`. A broken file (truncated, bad CRC) gives one
+    name ends in .gz or .gzip, as everywhere in xfer), named `FILE#INDEX`. A broken file (truncated, bad CRC) gives one
     error naming the record where reading stopped; the next file is read."""
     import tensorflow as tf
     from google.protobuf.message import DecodeError
+
+    from xfer.components.tfrecords import compression_of
 
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         yield Item(pattern, error="no TFRecord file matches this pattern")
         return
     for path in files:
-        compression = "GZIP" if path.endswith(".gz") else ""
+        compression = compression_of(path)
         index = 0
         try:
             for raw in tf.data.TFRecordDataset(path, compression_type=compression):

@@ -70,7 +70,7 @@ def _sample(files: list[str], limit: int) -> tuple[list, bool]:
     """Up to `limit` parsed tf.Examples from `files`, and whether the files hold more."""
     import tensorflow as tf
 
-    from xfer.components.import_gen import compression_of
+    from xfer.components.tfrecords import compression_of
 
     out = []
     for path in files:

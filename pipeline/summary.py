@@ -72,9 +72,9 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
 
 
 def _kept(checked_uri: str) -> dict[str, int]:
-    from xfer.components.data_check import read_label_counts
+    from xfer.components.data_check import records_kept
     try:
-        return {split: sum(labels.values()) for split, labels in read_label_counts(checked_uri).items()}
+        return records_kept(checked_uri)
     except Exception:  # noqa: BLE001 - a DataCheck output from before the counts were kept
         return {}
 

@@ -215,7 +215,7 @@ def view_checked(uri: str, bad_records) -> list[str]:
                          + ", ".join(f"{k}:{v}" for k, v in labels.items()))
     except Exception:  # noqa: BLE001 - an output from before the counts were kept
         pass
-    from xfer.components.data_check import DRIFT, drift_line
+    from xfer.components.data_check import DRIFT, describe, drift_line
     drift_path = os.path.join(uri, DRIFT)
     if tf.io.gfile.exists(drift_path):
         compared = json.loads(tf.io.gfile.GFile(drift_path).read())
@@ -229,10 +229,7 @@ def view_checked(uri: str, bad_records) -> list[str]:
     if bad_records and tf.io.gfile.exists(path):
         bad = json.loads(tf.io.gfile.GFile(path).read())
         lines.append(f"  bad records skipped (data.on_bad_image: skip): {len(bad)}, all in {path}")
-        for b in bad[:10]:
-            where = (f"{b['source']} record {b['source_index']}" if b.get("source")
-                     else f"{b['file']} record {b['index']}")
-            lines.append(f"    split {b['split']}, {where}{', id ' + b['id'] if b.get('id') else ''}: {b['reason']}")
+        lines += [f"    {describe(b)}" for b in bad[:10]]
         if len(bad) > 10:
             lines.append(f"    ... and {len(bad) - 10} more")
     else:
