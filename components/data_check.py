@@ -56,8 +56,24 @@ def anomaly_lines(anomalies_uri: str) -> list[str]:
 class _Check(beam.DoFn):
     """(file, split) -> every record, tagged good or bad, with its index in the file."""
 
-    def __init__(self, image_key: str, label_key: str, num_classes: int):
+    def __init__(self, image_key: str, label_key: str, num_classes: int, image_size: int = 0):
         self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes
+        self.image_size = image_size
+        self._decode = None
+
+    def setup(self):
+        import tensorflow as tf
+
+        from xfer.components.decode import decode_pixels
+
+        # Each image is decoded as training and serving will decode it (at reduced scale
+        # for a large JPEG: the same entropy decoding, a fraction of the cost); with no
+        # model size given, at full size.
+        size = self.image_size
+        self._decode = tf.function(
+            (lambda e: tf.shape(decode_pixels(e, size))) if size > 0 else
+            (lambda e: tf.shape(tf.io.decode_image(e, channels=3, expand_animations=False))),
+            input_signature=[tf.TensorSpec([], tf.string)])
 
     def _label_problem(self, features) -> str:
         """Why the record's label cannot train, or '' (string labels get a vocabulary
@@ -90,7 +106,7 @@ class _Check(beam.DoFn):
                 if len(values) != 1:
                     reason = f"feature '{self.image_key}' has {len(values)} values, not 1"
                 else:
-                    tf.io.decode_image(values[0], channels=3, expand_animations=False)
+                    self._decode(values[0])
                     reason = self._label_problem(features) or None
             except tf.errors.InvalidArgumentError as e:
                 # "{{function_node ...}} Invalid PNG. ... [Op:DecodeImage]" -> "Invalid PNG. ..."
@@ -236,6 +252,7 @@ def DataCheck(
     on_bad_image: Parameter[str],
     max_bad_fraction: Parameter[float],
     drift: Parameter[str] = "{}",
+    image_size: Parameter[int] = 0,
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     import tensorflow as tf
@@ -278,7 +295,7 @@ def DataCheck(
     counts_path = os.path.join(checked_examples.uri, LABEL_COUNTS)
     with beam_pipeline as p:
         checked = (p | "Files" >> beam.Create(files) | "Reshuffle" >> beam.Reshuffle()
-                   | "Check" >> beam.ParDo(_Check(image_key, label_key, num_classes)).with_outputs("bad", main="good"))
+                   | "Check" >> beam.ParDo(_Check(image_key, label_key, num_classes, image_size)).with_outputs("bad", main="good"))
         _ = (checked.good | "Labels" >> beam.Map(lambda kv: (kv[0], kv[2]))
              | "PerLabel" >> beam.combiners.Count.PerElement()
              | "AllCounts" >> beam.combiners.ToList() | "WriteCounts" >> beam.Map(_write_json_counts, counts_path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from xfer.components.decode import decode_image, decode_pixels, jpeg_ratio  # noqa: F401 (the graph's decoding)
 from xfer.components.settings import TransformSettings
 
 # Names of the transformed features, whatever the raw keys are called.
@@ -21,15 +22,6 @@ def as_vector(x) -> tf.Tensor:
     if isinstance(x, tf.SparseTensor):
         x = tf.sparse.to_dense(x, default_value="" if x.dtype == tf.string else 0)
     return tf.reshape(x, [-1])
-
-
-def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
-    """One JPEG/PNG/GIF/BMP image (any size, grayscale/RGBA too) -> float32 [size, size, 3] in [0, 255]."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
-    image = tf.image.resize(tf.cast(image, tf.float32), [size, size])
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    image.set_shape([size, size, 3])
-    return image
 
 
 def decode_images(encoded: tf.Tensor, size: int) -> tf.Tensor:

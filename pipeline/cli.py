@@ -164,7 +164,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_import_folder(args) -> int:
-    from xfer.pipeline.data.import_folder import OutputNotEmpty, Progress, import_folder, summary
+    from xfer.pipeline.data.import_folder import BadArgument, OutputNotEmpty, Progress, import_folder, summary
 
     ratios = {k: v for k, v in (("train", args.train), ("eval", args.eval), ("test", args.test)) if v}
     total = sum(ratios.values())
@@ -173,8 +173,9 @@ def cmd_import_folder(args) -> int:
     try:
         manifest = import_folder(args.src, args.out, ratios=ratios, shards=args.shards,
                                  max_pixels=args.max_pixels, workers=args.workers, progress=Progress(),
-                                 overwrite=args.overwrite, follow_links=args.follow_links)
-    except OutputNotEmpty as e:
+                                 overwrite=args.overwrite, follow_links=args.follow_links,
+                                 max_side=args.max_side)
+    except (OutputNotEmpty, BadArgument) as e:
         raise ConfigError(str(e)) from None
     print(summary(manifest, args.out))
     if not manifest.written:
@@ -357,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shards", type=int, help="shards per split (default: one per 2,000 images)")
     d.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="refuse larger images as decompression bombs (default 50,000,000)")
+    d.add_argument("--max-side", type=int, metavar="N",
+                   help="store images larger than N pixels on their longer side shrunk to N (aspect kept; "
+                        "JPEG re-encoded at quality 95): less disk and less decoding in every epoch. "
+                        "Give at least twice model.image_size (448 for 224). Default: stored as they are")
     d.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty OUT whole (written beside it, then swapped in)")

@@ -217,7 +217,8 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         on_anomaly=config.data.on_anomaly,
         on_bad_image=config.data.on_bad_image,
         max_bad_fraction=config.data.max_bad_fraction,
-        drift=config.data.drift.model_dump_json()).with_id("DataCheck")
+        drift=config.data.drift.model_dump_json(),
+        image_size=config.model.image_size).with_id("DataCheck")
     examples = data_check.outputs["checked_examples"]
 
     # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer
