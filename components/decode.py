@@ -24,6 +24,13 @@ def jpeg_ratio(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
     return index
 
 
+def tiny(fmt: str) -> bytes:
+    """A valid 1x1 image, encoded, as Python bytes (a constant in the graph)."""
+    with tf.init_scope():
+        pixel = tf.zeros([1, 1, 3], tf.uint8)
+        return (tf.io.encode_png(pixel) if fmt == "png" else tf.io.encode_jpeg(pixel)).numpy()
+
+
 def decode_pixels(encoded: tf.Tensor, size: int) -> tf.Tensor:
     """One JPEG/PNG/GIF/BMP image (grayscale/RGBA too) -> uint8 RGB [h, w, 3], at a
     reduced scale when it is a JPEG at least twice `size` on its shorter side.
@@ -33,16 +40,25 @@ def decode_pixels(encoded: tf.Tensor, size: int) -> tf.Tensor:
     runs on fewer coefficients and the full-size pixels are never made. A 12-megapixel
     photo for a 224-pixel model is decoded at 1/8 (500x375) in about a third of the
     time, with 1/64 of the pixels left to cast and resize. DataCheck checks each image
-    with this very function, so "decodes in DataCheck" means "decodes in training"."""
-    def jpeg():
-        shape = tf.io.extract_jpeg_shape(encoded)
-        return tf.switch_case(jpeg_ratio(shape[0], shape[1], size), [
-            (lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r)) for r in JPEG_RATIOS])
+    with this very function, so "decodes in DataCheck" means "decodes in training".
 
-    def other():
-        return tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
-
-    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    No tf.cond: the serving guard runs this inside a tf.data function built per request,
+    where a cond's branches are instantiated on every call. Every decoder runs instead,
+    all but the chosen one on a 1x1 image (microseconds), and the chosen output is cut
+    out of their concatenation."""
+    is_jpeg = tf.io.is_jpeg(encoded)
+    jpeg = tf.where(is_jpeg, encoded, tiny("jpeg"))
+    shape = tf.io.extract_jpeg_shape(jpeg)
+    choice = tf.where(is_jpeg, jpeg_ratio(shape[0], shape[1], size), len(JPEG_RATIOS))
+    decoded = [tf.io.decode_jpeg(tf.where(tf.equal(choice, i), jpeg, tiny("jpeg")), channels=3, ratio=r)
+               for i, r in enumerate(JPEG_RATIOS)]
+    decoded.append(tf.io.decode_image(tf.where(is_jpeg, tiny("png"), encoded), channels=3,
+                                      expand_animations=False, dtype=tf.uint8))
+    shapes = tf.stack([tf.shape(d) for d in decoded])
+    lengths = tf.reduce_prod(shapes, axis=1)
+    starts = tf.cumsum(lengths, exclusive=True)
+    flat = tf.concat([tf.reshape(d, [-1]) for d in decoded], 0)
+    return tf.reshape(tf.slice(flat, [starts[choice]], [lengths[choice]]), shapes[choice])
 
 
 def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:

@@ -29,6 +29,8 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
+from xfer.components.decode import tiny
+
 EMPTY = "empty image"
 UNDECODABLE = "not a decodable JPEG, PNG, GIF or BMP image"
 HEADER_BYTES = 32
@@ -44,11 +46,7 @@ class Guarded(NamedTuple):
     error: tf.Tensor   # string [n]
 
 
-def _tiny(fmt: str) -> bytes:
-    """A valid 1x1 image, encoded, as Python bytes (a constant in the graph)."""
-    with tf.init_scope():
-        pixel = tf.zeros([1, 1, 3], tf.uint8)
-        return (tf.io.encode_png(pixel) if fmt == "png" else tf.io.encode_jpeg(pixel)).numpy()
+_tiny = tiny
 
 
 def _u(head, i):
