@@ -153,22 +153,21 @@ class Run:
         spe = t.steps_per_execution
         if spe > 1:
             # Keras runs `spe` steps per call and must know how many an epoch has, for eval
-            # too; a TFRecord dataset does not say, so count the examples once.
-            n_train, n_eval = inputs.count_records(fn_args.train_files), inputs.count_records(fn_args.eval_files)
+            # too; a TFRecord dataset does not say. DataCheck counted the records it kept.
+            (n_train, n_eval), source = examples_per_split(fn_args)
             on_tpu = chosen.kind == "tpu"
             if steps is None:
                 # Only a TPU drops the last partial batch (static shapes).
                 steps = max(1, n_train // t.batch_size if on_tpu else -(-n_train // t.batch_size))
             val_steps = max(1, n_eval // t.batch_size if on_tpu else -(-n_eval // t.batch_size))
-            print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples, "
+            print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples ({source}), "
                   f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
         return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
                    resume.backup_dir(fn_args) if t.resume else None, class_weight, mixer)
 
     def epoch_steps(self) -> int:
         """Optimizer steps in an epoch, for a learning-rate schedule: train.steps_per_epoch,
-        else the train examples (DataCheck's label counts beside them, else one count of
-        the records) over the batch size."""
+        else the train examples (examples_per_split) over the batch size."""
         if self.steps is not None:
             return self.steps
         if self._epoch_steps is None:
@@ -178,16 +177,7 @@ class Run:
         return self._epoch_steps
 
     def _train_examples(self) -> int:
-        from xfer.components.data_check import read_label_counts
-
-        try:
-            counts = read_label_counts(class_weights.examples_uri(self.fn_args.train_files))
-            n = sum(int(v) for v in counts["train"].values())
-            if n > 0:
-                return n
-        except Exception:  # noqa: BLE001 - examples not from DataCheck (no counts): count them
-            pass
-        return inputs.count_records(self.fn_args.train_files)
+        return examples_per_split(self.fn_args)[0][0]
 
     @property
     def on_tpu(self) -> bool:
@@ -213,6 +203,27 @@ class Run:
         if self.train.reports:
             cbs.append(tf.keras.callbacks.TensorBoard(self.logs_dir, profile_batch=0, write_graph=False))
         return cbs + [EpochLog(phase.replace("_", "-"), self.train.batch_size)]
+
+
+def examples_per_split(fn_args) -> tuple[tuple[int, int], str]:
+    """((train, eval) examples, where the figures come from): DataCheck's per-split counts
+    of the records it kept (components/data_check.py, label_counts.json beside the
+    examples), so sizing an epoch reads nothing; examples from elsewhere (no counts) are
+    counted by one read of the records."""
+    from xfer.components.data_check import read_label_counts
+
+    def kept(files: list[str]) -> int:
+        split_dir = os.path.dirname(files[0])  # <examples uri>/Split-<name>
+        counts = read_label_counts(os.path.dirname(split_dir))
+        return sum(int(v) for v in counts[os.path.basename(split_dir)[len("Split-"):]].values())
+
+    try:
+        n = (kept(fn_args.train_files), kept(fn_args.eval_files))
+        if min(n) > 0:
+            return n, "DataCheck's counts"
+    except (OSError, KeyError, ValueError, tf.errors.OpError):
+        pass  # examples not from DataCheck: count them
+    return (inputs.count_records(fn_args.train_files), inputs.count_records(fn_args.eval_files)), "counted"
 
 
 def run_phase(run: Run, name: str, phase: Union[TransferConfig, FineTuneConfig], backup: resume.Phase,

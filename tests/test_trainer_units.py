@@ -117,3 +117,31 @@ def test_offline_imagenet_names_the_fetch_command(tmp_path, monkeypatch):
     from xfer.components.backbones import WeightsUnavailable, build_base
     with pytest.raises(WeightsUnavailable, match=r"xfer weights fetch --backbone vgg16"):
         build_base("vgg16", 32, "imagenet")
+
+
+def _examples(root, counts: dict, records: dict):
+    """An Examples folder as DataCheck writes it: Split-<name>/ of GZIP TFRecords, with or
+    without label_counts.json beside them."""
+    from xfer.components.data_check import LABEL_COUNTS
+    for split, n in records.items():
+        (root / f"Split-{split}").mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(root / f"Split-{split}" / "data.gz"), options="GZIP") as w:
+            for _ in range(n):
+                w.write(b"x")
+    if counts:
+        (root / LABEL_COUNTS).write_text(json.dumps(counts))
+    return [str(root / "Split-train" / "*")], [str(root / "Split-eval" / "*")]
+
+
+def test_epochs_are_sized_from_datachecks_counts_without_reading_the_records(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from xfer.components import inputs
+    from xfer.components.trainer import examples_per_split
+    train, evals = _examples(tmp_path / "a", {"train": {"0": 70, "1": 30}, "eval": {"0": 9, "1": 11}},
+                             {"train": 3, "eval": 2})
+    monkeypatch.setattr(inputs, "count_records", lambda p: pytest.fail(f"read the records of {p}"))
+    assert examples_per_split(SimpleNamespace(train_files=train, eval_files=evals)) == ((100, 20), "DataCheck's counts")
+    monkeypatch.undo()
+    # Examples not from DataCheck (no counts beside them): the records are counted.
+    train, evals = _examples(tmp_path / "b", {}, {"train": 3, "eval": 2})
+    assert examples_per_split(SimpleNamespace(train_files=train, eval_files=evals)) == ((3, 2), "counted")
