@@ -94,7 +94,7 @@ def eval_config(config: Config) -> tfma.EvalConfig:
     """TFMA: accuracy, top-k accuracy and loss, overall and per true class; the
     configured thresholds judge the overall slice only (a class with a handful of
     eval images must not decide the blessing on its own)."""
-    from xfer.components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES
+    from xfer.components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES, TTA_SIGNATURES
     from xfer.components.transform import LABEL
 
     ev = config.eval
@@ -111,7 +111,9 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         threshold.change_threshold.CopyFrom(change)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
-            signature_name=SERVING_EXAMPLES,
+            # eval.tta: the same outputs averaged over flipped copies (components/export.py);
+            # serving clients keep calling the one-pass signatures.
+            signature_name=TTA_SIGNATURES[ev.tta] if ev.tta else SERVING_EXAMPLES,
             preprocessing_function_names=[TRANSFORM_FEATURES],
             label_key=LABEL,
             prediction_key=PREDICTION_KEY,
