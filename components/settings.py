@@ -418,6 +418,9 @@ class PusherSettings(_StepSettings):
     keep: Optional[int]
     tflite: bool
     vertex_model_registry: Optional[ModelRegistryConfig]
+    # For the model card: the thresholds the blessing judged, and the image the steps ran in.
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
+    image: Optional[str] = None
 
 
 class Config(_Strict):
@@ -477,4 +480,5 @@ class Config(_Strict):
     def pusher_settings(self, code_fingerprint: str) -> PusherSettings:
         registry = self.push.vertex_model_registry
         return PusherSettings(code_fingerprint=code_fingerprint, keep=self.push.keep, tflite=self.push.tflite,
-                              vertex_model_registry=registry.model_copy(deep=True) if registry else None)
+                              vertex_model_registry=registry.model_copy(deep=True) if registry else None,
+                              eval=self.eval.model_copy(deep=True), image=self.kubeflow.image)

@@ -10,8 +10,8 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 # The TFX classes by their modules, not through `tfx.v1`: that one also imports every
 # extension (the Vertex AI client among them), 1.7 s of each `xfer run` here.
-from tfx.components import (ExampleValidator, FileBasedExampleGen, Pusher, SchemaGen,
-                            StatisticsGen, Trainer, Transform)
+from tfx.components import (ExampleValidator, FileBasedExampleGen, SchemaGen, StatisticsGen, Trainer,
+                            Transform)
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import executor_spec
 from tfx.orchestration.metadata import sqlite_metadata_connection_config
@@ -268,13 +268,20 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         baseline_model=baseline.outputs["baseline"],
         eval_config=eval_config(config))
 
-    pusher = Pusher(
+    # TFX's Pusher with numbered, atomic versions, each with its model card, whose facts
+    # come in as the step's inputs (components/pusher.py).
+    pusher = versioned_pusher.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.push.destination)),
         custom_config=_custom_config(config.pusher_settings(fingerprint)),
-        custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
+        model_run=trainer.outputs["model_run"],
+        examples=examples,
+        evaluation=evaluator.outputs["evaluation"],
+        baseline_model=baseline.outputs["baseline"],
+        # Locally the executor reads the run id from its context; Kubeflow substitutes the job's.
+        run_id=RUN_NONCE if for_kubeflow else "")
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,
                   *([warm] if warm else []), trainer, baseline, evaluator, pusher]

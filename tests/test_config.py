@@ -81,8 +81,9 @@ def test_step_settings_carry_only_what_the_step_uses():
                                                            "image_size"}
     assert set(c.trainer_settings("f").model_dump()) == {"code_fingerprint", "image_key", "labels_file",
                                                          "num_classes", "model", "train", "serving"}
+    # The Pusher writes the model card: it names the thresholds that judged the model.
     assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite",
-                                                        "vertex_model_registry"}
+                                                        "vertex_model_registry", "eval", "image"}
 
 
 def test_export_options_are_not_in_the_trainers_cache_key():
