@@ -18,7 +18,7 @@ from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, 
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from xfer.components.import_gen import SPANS_PROPERTY, read_provenance, read_span_stats
+from xfer.components.import_gen import SPAN_STATS, SPANS_PROPERTY, read_provenance, read_span_stats
 from xfer.components.tfrecords import compression_of, fingerprint, label_text
 
 ID_KEYS = ("id", "filename")
@@ -273,6 +273,9 @@ def DataCheck(
     tf.io.gfile.makedirs(checked_examples.uri)
     stats = read_span_stats(examples.uri)
     if stats is not None:
+        # Kept with the checked examples too: what later steps (the model card) read of the data.
+        with tf.io.gfile.GFile(os.path.join(checked_examples.uri, SPAN_STATS), "w") as f:
+            f.write(json.dumps(stats, indent=1))
         compared = compare_spans(stats, json.loads(drift))
         with tf.io.gfile.GFile(os.path.join(checked_examples.uri, DRIFT), "w") as f:
             f.write(json.dumps(compared, indent=1))

@@ -5,15 +5,73 @@ arrives as an empty baseline artifact rather than no artifact. TFX's Evaluator t
 an empty baseline list as "no baseline" (change thresholds are rubber-stamped, value
 thresholds still judge); this executor turns an empty artifact into that empty list,
 so the first run means the same on every runner.
+
+With `eval.tta: flips` the model spec names the TTA signature (components/export.py).
+Every model exported since it existed has it; a served model exported before does not,
+and TFMA evaluates the baseline with the candidate's signature. Then candidate and
+baseline are both evaluated in one pass (`serving_examples`) for that run, and the run
+says so: a TTA candidate judged against a one-pass baseline would be favoured by the
+averaging alone. TTA applies from the next run once a model exported with it is served.
+The signature TFMA actually used is in its output (eval_config.json), which the blessing
+report and the model card read.
 """
 from __future__ import annotations
+
+import os
+from typing import Optional
 
 from tfx.components import Evaluator as TfxEvaluator
 from tfx.components.evaluator import executor as tfx_evaluator
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 
-from xfer.components.baseline import has_baseline
+from xfer.components.baseline import SERVED_PATH, SERVED_VERSION, SERVING_DIR, has_baseline
+
+
+class CandidateLacksSignature(ValueError):
+    """The candidate model has no signature for the configured eval.tta."""
+
+
+def saved_signatures(model_dir: str) -> set[str]:
+    """The signature names of the SavedModel in `model_dir`, read from saved_model.pb
+    without loading the model."""
+    from tensorflow.python.saved_model import loader_impl
+
+    saved = loader_impl.parse_saved_model(model_dir)
+    return {name for graph in saved.meta_graphs for name in graph.signature_def}
+
+
+def tta_fallback(eval_config_json: str, candidate_dir: str, baseline_dir: Optional[str],
+                 baseline_name: str = "the served model") -> tuple[str, Optional[str]]:
+    """(the eval config to run, a note when TTA is set aside for this run).
+
+    The candidate must have the configured signature; a baseline without it makes both
+    models be evaluated in one pass, and the note says why."""
+    import tensorflow_model_analysis as tfma
+    from tfx.utils import proto_utils
+
+    from xfer.components.export import SERVING_EXAMPLES, TTA_SIGNATURES
+
+    config = tfma.EvalConfig()
+    proto_utils.json_to_proto(eval_config_json, config)
+    wanted = {spec.signature_name for spec in config.model_specs} & set(TTA_SIGNATURES.values())
+    if not wanted:
+        return eval_config_json, None
+    missing = wanted - saved_signatures(candidate_dir)
+    if missing:
+        raise CandidateLacksSignature(
+            f"eval.tta: the candidate model has no '{sorted(missing)[0]}' signature ({candidate_dir}): it "
+            f"was exported before eval.tta existed (a Trainer output reused by a partial run?); re-run "
+            f"the Trainer (xfer run --from Trainer) or set eval.tta: false")
+    if baseline_dir is None or not (wanted - saved_signatures(baseline_dir)):
+        return eval_config_json, None
+    for spec in config.model_specs:
+        spec.signature_name = SERVING_EXAMPLES
+    note = (f"eval.tta set aside for this run: {baseline_name} was exported before eval.tta existed and "
+            f"has no '{sorted(wanted)[0]}' signature, so the candidate and it are both evaluated in one "
+            f"pass (serving_examples) and compared alike; TTA applies once a model exported with it is "
+            f"served (the next push), or set eval.tta: false to silence this")
+    return proto_utils.proto_to_json(config), note
 
 
 def with_floor_threshold(eval_config_json: str) -> str:
@@ -38,11 +96,27 @@ def with_floor_threshold(eval_config_json: str) -> str:
 
 class Executor(tfx_evaluator.Executor):
     def Do(self, input_dict, output_dict, exec_properties):
+        from tfx.types import artifact_utils
+        from tfx.utils import path_utils
+
         key = standard_component_specs.BASELINE_MODEL_KEY
+        config_key = standard_component_specs.EVAL_CONFIG_KEY
         baselines = [a for a in input_dict.get(key, []) if has_baseline(a.uri)]
-        if not baselines and exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY):
-            exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY:
-                               with_floor_threshold(exec_properties[standard_component_specs.EVAL_CONFIG_KEY])}
+        if not baselines and exec_properties.get(config_key):
+            exec_properties = {**exec_properties, config_key: with_floor_threshold(exec_properties[config_key])}
+        if exec_properties.get(config_key):
+            model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+            baseline = baselines[0] if baselines else None
+            name = "the served model"
+            if baseline is not None and baseline.has_custom_property(SERVED_VERSION):
+                name = (f"the served model (version {baseline.get_int_custom_property(SERVED_VERSION)}, "
+                        f"{baseline.get_string_custom_property(SERVED_PATH)})")
+            config, note = tta_fallback(
+                exec_properties[config_key], path_utils.serving_model_path(model.uri),
+                os.path.join(baseline.uri, SERVING_DIR) if baseline is not None else None, name)
+            if note:
+                print(f"[xfer] {note}", flush=True)
+                exec_properties = {**exec_properties, config_key: config}
         super().Do({**input_dict, key: baselines}, output_dict, exec_properties)
 
 

@@ -10,7 +10,16 @@
   empty batch returns empty outputs; a batch above `serving.max_batch` fails the request.
 - serving_examples: serialized tf.Example (raw features) -> the same outputs, by the same
   per-example rules (a record that does not parse is an error of its own).
+- serving_examples_flips: serving_examples with test-time augmentation: each image's
+  probabilities are the mean of the model's softmax on the image and on its horizontal
+  (left-right) mirror. Always exported; the Evaluator calls it when `eval.tta: flips`
+  (pipeline.eval_config), serving clients never need to. Horizontal only: a mirrored
+  photo is still a photo of the same thing, while a vertical flip or a rotation makes
+  scenes no camera takes (sky below), and the augmentation most recipes train with
+  (train.augment.horizontal_flip) is this one.
 - transform_features: serialized tf.Example -> transformed features, for TFMA.
+
+serving_default is one pass unless `serving.tta: flips`, when it averages as above.
 
 The limits are written beside the model in assets.extra/serving.json (write_serving_json).
 """
@@ -28,6 +37,8 @@ from xfer.components.settings import ServingConfig
 from xfer.components.transform import IMAGE, decode_image
 
 SERVING_EXAMPLES = "serving_examples"
+# eval.tta value -> the tf.Example signature the Evaluator calls for it.
+TTA_SIGNATURES = {"flips": "serving_examples_flips"}
 TRANSFORM_FEATURES = "transform_features"
 PREDICTION_KEY = "probabilities"
 ERROR_KEY = "error"
@@ -64,14 +75,22 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
         # its map_fn is rebuilt for every image inside tf.data.
         return decode_image(encoded, size)
 
-    def classify(images, errors_before=None):
+    def classify(images, errors_before=None, tta=False):
         guarded = image_guard.decode_batch(images, decode_one, size, serving.max_pixels,
                                            serving.max_batch)
         ok = tf.equal(guarded.error, "")
         if errors_before is not None:
             ok = tf.logical_and(ok, tf.equal(errors_before, ""))
         good = tf.where(ok)  # [k, 1]
-        probabilities = model(tf.gather_nd(guarded.images, good), training=False)
+        pixels = tf.gather_nd(guarded.images, good)
+        if tta == "flips":
+            # One call on [images; mirrored images] (BatchNorm is in inference mode, so the
+            # batch's makeup does not matter), then the mean of the two softmax outputs.
+            k = tf.shape(pixels)[0]
+            both = model(tf.concat([pixels, tf.image.flip_left_right(pixels)], axis=0), training=False)
+            probabilities = (both[:k] + both[k:]) / 2.0
+        else:
+            probabilities = model(pixels, training=False)
         n = tf.shape(images, out_type=tf.int64)[0]
         probabilities = tf.scatter_nd(good, probabilities,
                                       tf.stack([n, tf.constant(len(class_names), tf.int64)]))
@@ -84,13 +103,15 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(images):
-        return classify(images)
+        return classify(images, tta=serving.tta)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(examples):
-        images, errors = image_guard.parse_images(examples, image_key, raw_spec[image_key],
-                                                  serving.max_batch)
-        return classify(images, errors)
+    def examples_signature(tta):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve_examples(examples):
+            images, errors = image_guard.parse_images(examples, image_key, raw_spec[image_key],
+                                                      serving.max_batch)
+            return classify(images, errors, tta=tta)
+        return serve_examples.get_concrete_function()
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(examples):
@@ -98,7 +119,8 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
 
     return {
         "serving_default": serve_images.get_concrete_function(),
-        SERVING_EXAMPLES: serve_examples.get_concrete_function(),
+        SERVING_EXAMPLES: examples_signature(False),
+        **{name: examples_signature(tta) for tta, name in TTA_SIGNATURES.items()},
         TRANSFORM_FEATURES: transform_features.get_concrete_function(),
     }
 
@@ -110,7 +132,7 @@ def write_serving_json(model_dir: str, image_size: int, serving: Optional[Servin
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump({"max_pixels": serving.max_pixels, "max_batch": serving.max_batch,
-                   "image_size": image_size, "input": "images: encoded JPEG, PNG, GIF or BMP bytes [batch]",
+                   "image_size": image_size, "tta": serving.tta, "input": "images: encoded JPEG, PNG, GIF or BMP bytes [batch]",
                    "outputs": list(OUTPUTS),
                    "error": "empty when the image was classified; else why not (then probabilities are "
                             "zeros, class_id -1, class_name empty)"}, f, indent=1)

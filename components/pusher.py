@@ -16,21 +16,35 @@ whose Trainer came from cache pushes the same model again. Here:
 - `push.keep` bounds how many versions stay (oldest removed first);
 - with `push.tflite`, the version also holds `assets.extra/model.tflite`, written
   before the version becomes visible. It is made here, not in the Trainer, so turning
-  it on exports the model already trained instead of training a new one.
+  it on exports the model already trained instead of training a new one;
+- every new version holds its model card (MODEL_CARD.md, model_card.html;
+  components/model_card.py), written in the staging folder (before the marker on gs://),
+  so a version never appears without it and a version that is not new gets none.
+
+The card needs more than TFX's Pusher receives (the model and its blessing), so the
+component is TFX's Pusher with its spec extended by optional inputs: the Trainer's
+model run, DataCheck's examples, the Evaluator's evaluation and the baseline the
+Evaluator judged against. They are ordinary channels, so they reach the executor the
+same way on the local runner and on Kubeflow / Vertex (where there is no metadata store
+to look artifacts up in), and `xfer compile` lists them as the step's inputs.
 """
 from __future__ import annotations
 
 import json
 import os
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 from absl import logging
+from tfx import types
+from tfx.components import Pusher as TfxPusher
 from tfx.components.pusher import executor as tfx_pusher
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import io_utils, json_utils, proto_utils
 
 from xfer.components.settings import PusherSettings
 
@@ -73,9 +87,10 @@ def _source_of(version_dir: str) -> Optional[dict]:
 
 
 def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int],
-                 tflite: bool = False) -> tuple[str, bool]:
+                 tflite: bool = False, card: Optional[Callable[[str, int], Any]] = None) -> tuple[str, bool]:
     """Copy the SavedModel at `model_path` to the next version under `base`, with a
-    TFLite export of it if asked.
+    TFLite export of it if asked, and `card(folder, version)` called to write into the
+    version's folder before it becomes visible (only for a new version).
 
     Returns (version dir, whether a new version was written)."""
     source = {"model_uri": model_uri, "tflite": tflite}
@@ -96,7 +111,7 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
     else:
         target = os.path.join(base, f".staging-{version}-{uuid.uuid4().hex[:8]}")
     try:
-        _write_version(model_path, target, source)
+        _write_version(model_path, target, source, (lambda folder: card(folder, version)) if card else None)
         if target != final:
             os.rename(target, final)  # readers see no version or the whole version
     except BaseException:
@@ -111,11 +126,14 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
     return final, True
 
 
-def _write_version(model_path: str, version_dir: str, source: dict) -> None:
+def _write_version(model_path: str, version_dir: str, source: dict,
+                   card: Optional[Callable[[str], Any]] = None) -> None:
     """Everything a version holds, the complete marker last."""
     io_utils.copy_dir(model_path, version_dir)
     if source["tflite"]:
         write_tflite(model_path, version_dir)
+    if card is not None:
+        card(version_dir)
     with tf.io.gfile.GFile(os.path.join(version_dir, SOURCE_FILE), "w") as f:
         json.dump(source, f)
     with tf.io.gfile.GFile(os.path.join(version_dir, COMPLETE_MARKER), "w") as f:
@@ -137,6 +155,34 @@ def write_tflite(model_path: str, version_dir: str) -> str:
     return path
 
 
+# The Pusher's extra inputs and parameter (all optional: TFX's own inputs still suffice).
+MODEL_RUN_KEY, EXAMPLES_KEY, EVALUATION_KEY, BASELINE_KEY = "model_run", "examples", "evaluation", "baseline_model"
+RUN_ID_KEY = "run_id"
+MODEL_CARD_PROPERTY = "model_card"
+
+
+class PusherSpec(standard_component_specs.PusherSpec):
+    """TFX's Pusher spec with the inputs the model card is read from."""
+    PARAMETERS = {**standard_component_specs.PusherSpec.PARAMETERS,
+                  RUN_ID_KEY: ExecutionParameter(type=str, optional=True)}
+    INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
+              MODEL_RUN_KEY: ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
+              EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
+              BASELINE_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True)}
+
+
+def _one(input_dict: dict, key: str):
+    found = input_dict.get(key) or []
+    return found[0] if found else None
+
+
+def _prop(artifact, name: str):
+    if artifact is None or not artifact.has_custom_property(name):
+        return None
+    return artifact.get_custom_property(name)
+
+
 class Executor(tfx_pusher.Executor):
     """Pushes a blessed model to `push.destination` as the next numbered version."""
 
@@ -151,8 +197,25 @@ class Executor(tfx_pusher.Executor):
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         s = PusherSettings.model_validate_json(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
-        version_dir, new = push_version(self.GetModelPath(input_dict), model.uri,
-                                        destination.filesystem.base_directory, s.keep, tflite=s.tflite)
+        base = destination.filesystem.base_directory
+        model_path = self.GetModelPath(input_dict)
+        run_id = exec_properties.get(RUN_ID_KEY) or getattr(self._context, "pipeline_run_id", None)
+
+        def card(folder: str, version: int) -> None:
+            from xfer.components import model_card
+            examples, baseline = _one(input_dict, EXAMPLES_KEY), _one(input_dict, BASELINE_KEY)
+            served = _prop(baseline, "served_version")
+            spans = _prop(examples, "spans") or _prop(examples, "span")
+            model_card.write(model_card.Inputs(
+                model_dir=model_path, model_uri=model.uri, version=version, destination=base, eval=s.eval,
+                blessed=True, code_fingerprint=s.code_fingerprint, run_id=run_id, image=s.image,
+                model_run_uri=getattr(_one(input_dict, MODEL_RUN_KEY), "uri", None),
+                examples_uri=getattr(examples, "uri", None),
+                spans=None if spans is None else str(spans), bad_records=_prop(examples, "bad_records"),
+                evaluation_uri=getattr(_one(input_dict, EVALUATION_KEY), "uri", None),
+                baseline=f"version {served} ({_prop(baseline, 'served_path')})" if served else None), folder)
+
+        version_dir, new = push_version(model_path, model.uri, base, s.keep, tflite=s.tflite, card=card)
         if new:
             logging.info("Model pushed as new version %s.", version_dir)
         else:
@@ -160,8 +223,30 @@ class Executor(tfx_pusher.Executor):
         self._MarkPushed(pushed, pushed_destination=version_dir,
                          pushed_version=os.path.basename(version_dir))
         pushed.set_int_custom_property("new_version", int(new))
+        from xfer.components.model_card import MARKDOWN
+        if tf.io.gfile.exists(os.path.join(version_dir, MARKDOWN)):
+            pushed.set_string_custom_property(MODEL_CARD_PROPERTY, os.path.join(version_dir, MARKDOWN))
         if s.vertex_model_registry and new:
             from xfer.components.model_registry import register
             name = register(version_dir, s.vertex_model_registry)
             logging.info("Registered %s in the Vertex AI Model Registry as %s.", version_dir, name)
             pushed.set_string_custom_property("vertex_model", name)
+
+
+class Pusher(TfxPusher):
+    """TFX's Pusher, run by the executor above, with the model card's inputs."""
+    SPEC_CLASS = PusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                 push_destination: pusher_pb2.PushDestination, custom_config: dict,
+                 model_run: Optional[types.BaseChannel] = None, examples: Optional[types.BaseChannel] = None,
+                 evaluation: Optional[types.BaseChannel] = None, baseline_model: Optional[types.BaseChannel] = None,
+                 run_id: str = ""):
+        spec = PusherSpec(
+            model=model, model_blessing=model_blessing, push_destination=push_destination,
+            custom_config=json_utils.dumps(custom_config), run_id=run_id,
+            model_run=model_run, examples=examples, evaluation=evaluation, baseline_model=baseline_model,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+        # TFX's Pusher.__init__ builds TFX's spec; this one is built above.
+        base_component.BaseComponent.__init__(self, spec=spec)

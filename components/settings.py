@@ -290,6 +290,11 @@ class EvalConfig(_Strict):
     max_drop_relative: Optional[float] = Field(
         None, ge=0.0, le=1.0, description="Also (or instead) a relative drop, e.g. 0.02 = 2% of the baseline.")
     top_k: int = Field(3, ge=2, description="Also report top-k accuracy.")
+    tta: Literal[False, "flips"] = Field(
+        False, description="Test-time augmentation in the Evaluator: flips = each eval image's class "
+                           "probabilities are the mean of the model's softmax on the image and on its "
+                           "horizontal (left-right) mirror; false = one pass. The served model (the "
+                           "baseline) is evaluated the same way. Serving is unchanged (serving.tta).")
 
     @model_validator(mode="after")
     def _some_threshold(self):
@@ -326,6 +331,10 @@ class ServingConfig(_Strict):
                     "(a per-image error); decoding one costs about 15 bytes per pixel.")
     max_batch: int = Field(
         256, ge=1, description="Images (or examples) per request; a larger request is refused whole.")
+    tta: Literal[False, "flips"] = Field(
+        False, description="serving_default averages the softmax over the image and its horizontal "
+                           "mirror (2 model passes per image) instead of one pass; needs eval.tta: flips, "
+                           "so the blessing judges what is served.")
 
 
 class ResourcesConfig(_Strict):
@@ -409,6 +418,9 @@ class PusherSettings(_StepSettings):
     keep: Optional[int]
     tflite: bool
     vertex_model_registry: Optional[ModelRegistryConfig]
+    # For the model card: the thresholds the blessing judged, and the image the steps ran in.
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
+    image: Optional[str] = None
 
 
 class Config(_Strict):
@@ -425,6 +437,15 @@ class Config(_Strict):
     push: PushConfig = Field(default_factory=PushConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+
+    @model_validator(mode="after")
+    def _served_tta_is_evaluated(self):
+        if self.serving.tta and not self.eval.tta:
+            raise ValueError(
+                f"serving.tta is '{self.serving.tta}' but eval.tta is false: the blessing would judge "
+                f"one-pass predictions while serving_default averages flips; set eval.tta: "
+                f"{self.serving.tta} too, or serving.tta: false")
+        return self
 
     @model_validator(mode="after")
     def _fill_paths(self):
@@ -459,4 +480,5 @@ class Config(_Strict):
     def pusher_settings(self, code_fingerprint: str) -> PusherSettings:
         registry = self.push.vertex_model_registry
         return PusherSettings(code_fingerprint=code_fingerprint, keep=self.push.keep, tflite=self.push.tflite,
-                              vertex_model_registry=registry.model_copy(deep=True) if registry else None)
+                              vertex_model_registry=registry.model_copy(deep=True) if registry else None,
+                              eval=self.eval.model_copy(deep=True), image=self.kubeflow.image)

@@ -75,10 +75,11 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
               f"{class_weights.describe(weights, names)}", flush=True)
     with chosen.strategy.scope():
         classifier, base = model_lib.build_model(s.model, len(names))
+    started_from = f"model.weights ({s.model.weights})"
     if t.warm_start == "served":
         from xfer.components.warm_start import warm_start
-        print(warm_start(classifier, fn_args.base_model, names, f"model.weights ({s.model.weights})")[1],
-              flush=True)
+        started_from = warm_start(classifier, fn_args.base_model, names, started_from)[1]
+        print(started_from, flush=True)
     run = Run.prepare(fn_args, t, chosen, tft_output, weights, num_classes=len(names))
     history = {}
 
@@ -121,7 +122,7 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         last = t.fine_tune if t.fine_tune.enabled and t.fine_tune.epochs else t.transfer
         with chosen.strategy.scope():
             model_lib.compile_for(classifier, last.optimizer, last.learning_rate, t.steps_per_execution)
-    _export(fn_args, s, classifier, tft_output, names, history)
+    _export(fn_args, s, classifier, tft_output, names, history, started_from)
     if t.reports:
         _reports(run, classifier, history, names)
     resume.clear(run.backup_root)
@@ -304,7 +305,7 @@ def _epochs_run(history: dict) -> int:
     return len(next(iter(history.values()), []))
 
 
-def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history) -> None:
+def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history, started_from: str) -> None:
     start = time.perf_counter()
     sigs = export.signatures(classifier, tft_output, s.image_key, names, s.serving)
     # No traced layer functions: the signatures are what serving and TFMA call, and Keras
@@ -317,7 +318,9 @@ def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history)
     export.write_serving_json(fn_args.serving_model_dir, classifier.input_shape[1], s.serving)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-        json.dump({"class_names": names, "history": _jsonable(history)}, f, indent=1)
+        # The settings it trained with and where its weights started: the model card's recipe.
+        json.dump({"class_names": names, "history": _jsonable(history),
+                   "settings": s.model_dump(mode="json"), "started_from": started_from}, f, indent=1)
     summary_lines = []
     classifier.summary(print_fn=summary_lines.append)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "model_summary.txt"), "w") as f:

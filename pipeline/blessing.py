@@ -15,6 +15,7 @@ NOT_APPLIED = "not applied: no model served yet"
 # The Evaluator's slice on the true label (pipeline.eval_config): Transform's feature name.
 LABEL_SLICE = "label"
 LOW = "LOW"
+ONE_PASS_SIGNATURE = "serving_examples"  # components/export.py's SERVING_EXAMPLES
 
 
 @dataclass
@@ -48,6 +49,20 @@ class Blessing:
     change_failed: bool = False  # TFMA failed accuracy's change vs the baseline
     per_class: list[ClassRecall] = field(default_factory=list)  # by class index
     class_names: Optional[list[str]] = None  # line i names class i, when known
+    signature: Optional[str] = None  # the signature TFMA called (its eval_config.json)
+    metrics: dict = field(default_factory=dict)  # overall slice: {model: {metric name: value}}
+
+    def tta_line(self, ev) -> Optional[str]:
+        """How the models were evaluated, when eval.tta is set or TTA was used."""
+        tta = bool(self.signature) and self.signature != ONE_PASS_SIGNATURE
+        if tta:
+            return (f"evaluated with test-time augmentation ({self.signature}: the mean of the softmax "
+                    f"on each image and its horizontal mirror)"
+                    + (", candidate and served model alike" if self.baseline is not None else ""))
+        if getattr(ev, "tta", False) and self.signature:
+            return (f"eval.tta: {ev.tta} set aside this run: the served model predates it (no TTA "
+                    f"signature), so both models were evaluated in one pass")
+        return None
 
     def class_name(self, label: Union[int, str]) -> str:
         names = self.class_names
@@ -57,7 +72,12 @@ class Blessing:
 
     def report(self, ev) -> list[str]:
         """The blessing report: each threshold of `ev` (the eval config), the candidate's
-        and the baseline's values, pass or FAIL."""
+        and the baseline's values, pass or FAIL; then the recall per true class."""
+        return self.threshold_lines(ev) + self._per_class_lines(ev)
+
+    def threshold_lines(self, ev) -> list[str]:
+        """The report's thresholds: each one's candidate and baseline values, pass or FAIL,
+        TFMA's failures and how the models were evaluated (TTA)."""
         rows = [("threshold", "candidate", "baseline", "result")]
         if ev.min_accuracy is not None:
             rows.append((f"accuracy >= {ev.min_accuracy} (eval.min_accuracy)", _fmt(self.candidate), "-",
@@ -74,7 +94,10 @@ class Blessing:
         lines = ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
         if self.failures:
             lines.append("  TFMA: " + "; ".join(self.failures))
-        return lines + self._per_class_lines(ev)
+        tta = self.tta_line(ev)
+        if tta:
+            lines.append("  " + tta)
+        return lines
 
     def _per_class_lines(self, ev) -> list[str]:
         """Recall per true class, candidate and baseline; LOW marks a class at 0 or that
@@ -139,6 +162,7 @@ def _verdict(failed: bool) -> str:
 
 def blessing_from(metrics, validation, blessed: bool) -> Blessing:
     """A Blessing from TFMA's MetricsForSlice records and its ValidationResult."""
+    metrics = list(metrics)
     candidate = baseline = None
     per_class: dict = {}
     for slice_metrics in metrics:
@@ -156,7 +180,8 @@ def blessing_from(metrics, validation, blessed: bool) -> Blessing:
             else:
                 candidate = value
     b = Blessing(blessed=blessed, candidate=candidate, baseline=baseline,
-                 per_class=[per_class[k] for k in sorted(per_class, key=lambda v: (isinstance(v, str), v))])
+                 per_class=[per_class[k] for k in sorted(per_class, key=lambda v: (isinstance(v, str), v))],
+                 metrics=overall_metrics(metrics))
     for per_slice in validation.metric_validations_per_slice:
         for f in per_slice.failures:
             b.failures.append(f"{f.metric_key.name}{' change' if f.metric_key.is_diff else ''} = "
@@ -191,12 +216,41 @@ def _add_class(per_class: dict, key, metric_keys_and_values) -> None:
             c.examples = int(round(v))
 
 
+def overall_metrics(metrics) -> dict:
+    """{model ("candidate" or "baseline"): {metric name: value}} of the overall slice
+    (changes vs the baseline left out)."""
+    out: dict = {}
+    for slice_metrics in metrics:
+        if slice_metrics.slice_key.single_slice_keys:
+            continue
+        for kv in slice_metrics.metric_keys_and_values:
+            if kv.key.is_diff or not kv.value.HasField("double_value"):
+                continue
+            out.setdefault(kv.key.model_name or "candidate", {})[kv.key.name] = kv.value.double_value.value
+    return out
+
+
+def evaluated_signature(evaluation_uri: str) -> Optional[str]:
+    """The signature TFMA called for the candidate, from the eval config it wrote."""
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    try:
+        config = eval_config_writer.load_eval_run(evaluation_uri)[0]
+    except Exception:  # noqa: BLE001 - an output without it: nothing to say
+        return None
+    if config is None:
+        return None
+    specs = [s for s in config.model_specs if not s.is_baseline] or list(config.model_specs)
+    return specs[0].signature_name if specs else None
+
+
 def read_blessing(evaluation_uri: str, blessed: bool, class_names: Optional[list[str]] = None) -> Blessing:
     import tensorflow_model_analysis as tfma
 
     b = blessing_from(tfma.load_metrics(evaluation_uri), tfma.load_validation_result(evaluation_uri),
                       blessed)
     b.class_names = class_names
+    b.signature = evaluated_signature(evaluation_uri)
     return b
 
 

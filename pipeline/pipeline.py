@@ -10,8 +10,8 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 # The TFX classes by their modules, not through `tfx.v1`: that one also imports every
 # extension (the Vertex AI client among them), 1.7 s of each `xfer run` here.
-from tfx.components import (ExampleValidator, FileBasedExampleGen, Pusher, SchemaGen,
-                            StatisticsGen, Trainer, Transform)
+from tfx.components import (ExampleValidator, FileBasedExampleGen, SchemaGen, StatisticsGen, Trainer,
+                            Transform)
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import executor_spec
 from tfx.orchestration.metadata import sqlite_metadata_connection_config
@@ -94,7 +94,7 @@ def eval_config(config: Config) -> tfma.EvalConfig:
     """TFMA: accuracy, top-k accuracy and loss, overall and per true class; the
     configured thresholds judge the overall slice only (a class with a handful of
     eval images must not decide the blessing on its own)."""
-    from xfer.components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES
+    from xfer.components.export import PREDICTION_KEY, SERVING_EXAMPLES, TRANSFORM_FEATURES, TTA_SIGNATURES
     from xfer.components.transform import LABEL
 
     ev = config.eval
@@ -111,7 +111,9 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         threshold.change_threshold.CopyFrom(change)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
-            signature_name=SERVING_EXAMPLES,
+            # eval.tta: the same outputs averaged over flipped copies (components/export.py);
+            # serving clients keep calling the one-pass signatures.
+            signature_name=TTA_SIGNATURES[ev.tta] if ev.tta else SERVING_EXAMPLES,
             preprocessing_function_names=[TRANSFORM_FEATURES],
             label_key=LABEL,
             prediction_key=PREDICTION_KEY,
@@ -267,13 +269,20 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         baseline_model=baseline.outputs["baseline"],
         eval_config=eval_config(config))
 
-    pusher = Pusher(
+    # TFX's Pusher with numbered, atomic versions, each with its model card, whose facts
+    # come in as the step's inputs (components/pusher.py).
+    pusher = versioned_pusher.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.push.destination)),
         custom_config=_custom_config(config.pusher_settings(fingerprint)),
-        custom_executor_spec=executor_spec.ExecutorClassSpec(versioned_pusher.Executor))
+        model_run=trainer.outputs["model_run"],
+        examples=examples,
+        evaluation=evaluator.outputs["evaluation"],
+        baseline_model=baseline.outputs["baseline"],
+        # Locally the executor reads the run id from its context; Kubeflow substitutes the job's.
+        run_id=RUN_NONCE if for_kubeflow else "")
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_check, transform,
                   *([warm] if warm else []), trainer, baseline, evaluator, pusher]

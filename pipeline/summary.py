@@ -28,6 +28,7 @@ class RunSummary:
     bad_records: Optional[int] = None                     # skipped by DataCheck (None: did not run)
     bad_records_file: Optional[str] = None
     drifted: Optional[int] = None  # kinds over data.drift thresholds (None: not compared)
+    model_card: Optional[str] = None  # the pushed version's MODEL_CARD.md
 
 
 def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunSummary:
@@ -53,6 +54,7 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
                 summary.pushed_to = mlmd.custom_property(a, "pushed_destination")
                 summary.pushed_version = str(mlmd.custom_property(a, "pushed_version"))
                 summary.pushed_new = mlmd.custom_property(a, "new_version") != 0
+                summary.model_card = mlmd.custom_property(a, "model_card")
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
             elif type_name == "Examples" and node == "ImportExampleGen":
@@ -108,7 +110,7 @@ def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Op
                                               else "fail" if b.change_failed else "pass")})
     if summary.pushed_to:
         pushed = {"version": summary.pushed_version, "destination": summary.pushed_to,
-                  "new_version": summary.pushed_new}
+                  "new_version": summary.pushed_new, "model_card": summary.model_card}
         why_not = None
     else:
         pushed = None
@@ -178,6 +180,8 @@ def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None
                      f"{summary.bad_records_file}")
     if summary.pushed_to and summary.pushed_new:
         lines.append(f"pushed to: {summary.pushed_to} (version {summary.pushed_version})")
+        if summary.model_card:
+            lines.append(f"model card: {summary.model_card} (and model_card.html)")
     elif summary.pushed_to:
         lines.append(f"pushed: no new version; this model is already version "
                      f"{summary.pushed_version} at {summary.pushed_to}")

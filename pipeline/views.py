@@ -185,6 +185,8 @@ def view_evaluation(uri: str, blessed: Optional[bool], ev) -> list[str]:
     b = read_blessing(uri, bool(blessed))
     # The same words as the run's summary.
     lines.append("  " + b.headline(ev))
+    if b.tta_line(ev):
+        lines.append("  " + b.tta_line(ev))
     return lines
 
 
@@ -272,4 +274,8 @@ def format_show(metadata_path: str, pipeline_name: str, run_id: str, ev,
             elif type_name == "PushedModel":
                 lines.append(f"    pushed to {mlmd.custom_property(a, 'pushed_destination')}"
                              if mlmd.custom_property(a, "pushed") else "    nothing pushed (model not blessed)")
+                if mlmd.custom_property(a, "model_card"):
+                    card = mlmd.custom_property(a, "model_card")
+                    lines.append(f"    model card: {card}")
+                    lines.append(f"    model card (HTML, plots inlined): {os.path.join(os.path.dirname(card), 'model_card.html')}")
     return "\n".join(lines)

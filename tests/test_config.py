@@ -81,8 +81,9 @@ def test_step_settings_carry_only_what_the_step_uses():
                                                            "image_size"}
     assert set(c.trainer_settings("f").model_dump()) == {"code_fingerprint", "image_key", "labels_file",
                                                          "num_classes", "model", "train", "serving"}
+    # The Pusher writes the model card: it names the thresholds that judged the model.
     assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite",
-                                                        "vertex_model_registry"}
+                                                        "vertex_model_registry", "eval", "image"}
 
 
 def test_export_options_are_not_in_the_trainers_cache_key():
@@ -176,3 +177,16 @@ def test_cli_runs_with_a_folder_named_like_the_config(tmp_path):
     assert proc.stderr.startswith("xfer: config error: no runs yet: ") and f"{tmp_path}/r/metadata.sqlite" in proc.stderr
     proc = xfer("runs", "--config", "demo/", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("xfer: config error: config 'demo/' is a folder")
+
+
+def test_tta_values_and_serving_tta_needs_eval_tta():
+    assert load_config("demo", ["eval.tta=flips"]).eval.tta == "flips"
+    assert load_config("demo", ["eval.tta=false"]).eval.tta is False
+    c = load_config("demo", ["eval.tta=flips", "serving.tta=flips"])
+    assert c.serving.tta == "flips" and c.trainer_settings("f").serving.tta == "flips"
+    # eval.tta is the Evaluator's: it does not retrain the model.
+    assert load_config("demo").trainer_settings("f") == load_config("demo", ["eval.tta=flips"]).trainer_settings("f")
+    with pytest.raises(ConfigError, match=r"'eval.tta': 'flip'.*False or 'flips'"):
+        load_config("demo", ["eval.tta=flip"])
+    with pytest.raises(ConfigError, match="serving.tta is 'flips' but eval.tta is false: .* set eval.tta: flips too"):
+        load_config("demo", ["serving.tta=flips"])

@@ -176,3 +176,29 @@ def test_a_failure_mid_push_leaves_no_staging_folder(tmp_path, monkeypatch, fail
                             tflite=failing == "tflite")
     assert sorted(os.listdir(base)) == ["1"]  # no .staging-*, no half version
     assert pusher.complete_versions(str(base)) == [1]
+
+
+def test_the_card_is_written_into_a_new_version_only_and_before_it_is_visible(tmp_path):
+    base = str(tmp_path / "serving")
+    seen = []
+
+    def card(folder, version):
+        # Called in the staging folder: the version is not there yet.
+        assert os.path.basename(folder).startswith(".staging-") and not os.path.exists(os.path.join(base, str(version)))
+        seen.append(version)
+        with open(os.path.join(folder, "MODEL_CARD.md"), "w") as f:
+            f.write(f"# version {version}\n")
+
+    m1 = fake_model(tmp_path, "m1")
+    assert pusher.push_version(m1, "uri://1", base, keep=None, card=card) == (os.path.join(base, "1"), True)
+    assert open(os.path.join(base, "1", "MODEL_CARD.md")).read() == "# version 1\n"
+    # The same model again: no new version, so no new card.
+    assert pusher.push_version(m1, "uri://1", base, keep=None, card=card) == (os.path.join(base, "1"), False)
+    assert seen == [1]
+
+    def broken(folder, version):
+        raise RuntimeError("card failed")
+
+    with pytest.raises(RuntimeError, match="card failed"):
+        pusher.push_version(fake_model(tmp_path, "m2"), "uri://2", base, keep=None, card=broken)
+    assert sorted(os.listdir(base)) == ["1"]  # no version without its card, no staging left

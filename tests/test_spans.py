@@ -64,16 +64,22 @@ def test_compare_spans_is_the_l_infinity_distance_of_shares():
     assert compare_spans({"newest": 1, "previous": None, "spans": {"1": spans["1"]}}, {})["kinds"] == []
 
 
+@pytest.mark.integration
 def test_a_window_of_two_spans_trains_on_both_and_evaluates_on_the_newest(tmp_path, cifar):
     data = tmp_path / "spans"
     for span in (1, 2, 3):
         _span(cifar, data / f"span-{span}" / "train" / "a.tfrecord", "train", 40 * (span - 1), 40)
         _span(cifar, data / f"span-{span}" / "eval" / "a.tfrecord", "eval", 40 * (span - 1), 40 - 8 * span)
     config = _config(tmp_path / "root", data, cifar, "--set", "data.spans.window=2")
-    out = xfer("run", *config, "--to", "DataCheck").stdout
+    # The whole pipeline, evaluated with TTA: its pushed version's model card is checked below.
+    out = xfer("run", *config, "--set", "eval.tta=flips").stdout
     assert "train split from spans 2, 3 (data.spans.window 2); eval from span 3" in out, out
     result = _result(out)
     assert result["spans"] == [2, 3] and result["examples"] == {"eval": 16, "train": 80}, result
+    card = tmp_path / "root" / "serving" / "1" / "MODEL_CARD.md"
+    assert f"model card: {card} (and model_card.html)" in out, out
+    assert result["pushed"]["model_card"] == str(card)
+    _check_card(tmp_path / "root", card, cifar)
     runs = xfer("runs", *config).stdout
     assert "span 2,3 " in runs.splitlines()[0], runs
     shown = xfer("show", *config, "latest", "ImportExampleGen").stdout
@@ -83,6 +89,94 @@ def test_a_window_of_two_spans_trains_on_both_and_evaluates_on_the_newest(tmp_pa
                 "--to", "DataCheck").stdout
     assert "data.spans.window is 5 but only 3 span(s) exist up to span 3 (1, 2, 3): training on them" in wide
     assert _result(wide)["examples"] == {"eval": 16, "train": 120}
+
+
+def _table(md: str, header_start: str) -> list[list[str]]:
+    """The rows of the Markdown table whose header row starts with `header_start`."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header_start} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _check_card(root, card, cifar):
+    """The card against the metadata store and the artifacts, read here without the card's
+    code: the spans on the Examples artifacts, the records in DataCheck's output counted
+    one by one, TFMA's metrics, the run id and the Trainer's model."""
+    import base64
+
+    import tensorflow_model_analysis as tfma
+
+    from xfer.pipeline.store import custom_property, find_run, open_store, output_artifacts, step_executions
+
+    store = open_store(str(root / "metadata.sqlite"))
+    run = find_run(store, "xfer-cifar-test")
+    outputs = {node: dict(output_artifacts(store, ex.id)) for node, ex in step_executions(store, run, "xfer-cifar-test")}
+    checked, evaluation = outputs["DataCheck"]["Examples"], outputs["Evaluator"]["ModelEvaluation"]
+    assert custom_property(checked, "spans") == custom_property(outputs["ImportExampleGen"]["Examples"], "spans") == "2,3"
+    pushed = outputs["Pusher"]["PushedModel"]
+    assert custom_property(pushed, "model_card") == str(card)
+    md = card.read_text()
+
+    assert "Spans: train split from spans 2, 3; eval split from span 3." in md, md
+    names = (cifar / "labels.txt").read_text().split()
+    assert _table(md, "class id") == [[str(k), n] for k, n in enumerate(names)]
+    counts = {}
+    for split in ("train", "eval"):
+        files = tf.io.gfile.glob(f"{checked.uri}/Split-{split}/*")
+        for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            label = tf.train.Example.FromString(raw).features.feature["label"].int64_list.value[0]
+            counts.setdefault(split, {}).setdefault(label, 0)
+            counts[split][label] += 1
+    rows = {r[0]: r[1:] for r in _table(md, "class | train | eval")}
+    assert rows.pop("total") == ["80", "16"]
+    for k, name in enumerate(names):
+        got = rows[f"{name} ({k})"]
+        assert got == [str(counts["train"].get(k, 0)), str(counts["eval"].get(k, 0))], (name, got)
+    assert _table(md, "span") == [["2", "40", "png 40", "32-63 px: 40"], ["3", "40", "png 40", "32-63 px: 40"]]
+
+    overall = {}
+    per_class = {}
+    for m in tfma.load_metrics(evaluation.uri):
+        keys = m.slice_key.single_slice_keys
+        values = {kv.key.name: kv.value.double_value.value for kv in m.metric_keys_and_values if not kv.key.is_diff}
+        if not keys:
+            overall = values
+        else:
+            per_class[int(keys[0].int64_value or keys[0].float_value)] = values
+    metrics = {r[0]: r[1] for r in _table(md, "metric")}
+    assert metrics["accuracy"] == f"{overall['sparse_categorical_accuracy']:.4f}"
+    assert metrics["top-3 accuracy"] == f"{overall['top_3_accuracy']:.4f}"
+    assert metrics["loss (cross-entropy)"] == f"{overall['loss']:.4f}"
+    assert metrics["examples"] == "16"
+    recall = {r[0]: r for r in _table(md, "class | eval examples")}
+    assert {names[k] for k in per_class} == set(recall)
+    for k, values in per_class.items():
+        row = recall[names[k]]
+        assert row[1] == str(int(values["example_count"])) and row[2] == f"{values['sparse_categorical_accuracy']:.4f}"
+        assert (row[4] == "LOW") == (values["sparse_categorical_accuracy"] == 0.0 or values[
+            "sparse_categorical_accuracy"] < overall["sparse_categorical_accuracy"] - 0.1), row
+    # TFMA called the TTA signature (the eval config it wrote beside its metrics).
+    assert '"signatureName": "serving_examples_flips"' in open(f"{evaluation.uri}/eval_config.json").read()
+    assert "evaluated with test-time augmentation (serving_examples_flips" in md
+    missing = [n for k, n in enumerate(names) if not counts["eval"].get(k)]
+    assert f"Not evaluated (no eval example): {', '.join(missing)}" in md
+
+    assert f"| run id | {run.name} |" in md
+    assert f"| Trainer model | {outputs['Trainer']['Model'].uri} |" in md
+    assert "| phase | epochs run |" in md and "| transfer (base frozen) | 1 of 1 | adam 0.001 |" in md
+    assert "Backbone mobilenet_v2 (alpha 0.35), weights none, 32 px input" in md
+    html = (card.parent / "model_card.html").read_text()
+    curves = open(f"{outputs['Trainer']['ModelRun'].uri}/curves.png", "rb").read()
+    assert f"data:image/png;base64,{base64.b64encode(curves).decode()}" in html
+    assert html.count("data:image/png;base64,") == 3
+    shown = xfer("show", "--config", str(CONFIGS / "cifar_small.yaml"), "--set", f"root={root}",
+                 "latest", "Pusher").stdout
+    assert f"model card: {card}" in shown and "model_card.html" in shown, shown
 
 
 def test_a_skewed_span_stops_the_run_under_fail_and_warns_under_warn(tmp_path, cifar):
