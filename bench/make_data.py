@@ -14,13 +14,13 @@ import numpy as np
 TOTAL, SIZE = 2000, 96
 
 
-def images():
+def images(total: int = TOTAL):
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pixels, targets = digits.images, digits.target
-    for i in range(TOTAL):
+    for i in range(total):
         k = i % len(pixels)
         gray = pixels[k] * (255.0 / 16.0)
         if i >= len(pixels):  # the extra images: the same scans, shifted
@@ -31,7 +31,9 @@ def images():
         yield f"bench-{i:05d}", buf.getvalue(), int(targets[k])
 
 
-def write(out: str) -> str:
+def write(out: str, total: int = TOTAL, per_shard: int = 0) -> str:
+    """`total` images (beyond 1,797 the scans repeat, shifted, under new ids); one file per
+    split, or shards of about `per_shard` examples when it is given (as import-folder writes)."""
     import xfer.components  # noqa: F401
     import tensorflow as tf
 
@@ -40,15 +42,20 @@ def write(out: str) -> str:
 
     if os.path.exists(os.path.join(out, "labels.txt")):
         return out
+    shards = max(1, -(-total // per_shard)) if per_shard else 1
     writers = {}
     for split in ("train", "eval"):
         os.makedirs(os.path.join(out, split), exist_ok=True)
-        writers[split] = tf.io.TFRecordWriter(os.path.join(out, split, "data.tfrecord.gz"), options="GZIP")
-    for example_id, jpeg, label in images():
-        split = "eval" if int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 5 == 0 else "train"
-        writers[split].write(image_example(jpeg, label))
+        for k in range(shards):
+            name = "data.tfrecord.gz" if shards == 1 else f"data-{k:05d}-of-{shards:05d}.tfrecord.gz"
+            writers[split, k] = tf.io.TFRecordWriter(os.path.join(out, split, name), options="GZIP")
+    for i, (example_id, jpeg, label) in enumerate(images(total)):
+        digest = int(hashlib.sha256(example_id.encode()).hexdigest(), 16)
+        split = "eval" if digest % 5 == 0 else "train"
+        writers[split, i % shards].write(image_example(jpeg, label))
     for w in writers.values():
         w.close()
+    # labels.txt last: its presence means the data is complete (an interrupted write is redone).
     write_labels_file(os.path.join(out, "labels.txt"), [str(d) for d in range(10)])
     return out
 

@@ -12,7 +12,7 @@ usage: python bench/photos.py WORK [--n 500]   (prints `key value` lines, then a
    and bytes.
 3. `xfer run --to Transform` on the full-size records (image_size 224): the transform
    graph the Trainer uses, and DataCheck's cost on photos.
-4. The Trainer's input pipeline alone, images/s into the model at 224 px (batches of
+4. The Trainer's input pipeline alone (and xfer's on the --max-side records), images/s into the model at 224 px (batches of
    32, every core), three ways over the same records: the tutorials' way (decode the
    full image, then resize), xfer's (inputs.make_dataset through the real transform
    graph), and the floor (tf.data doing only what it must: decode at reduced scale
@@ -211,6 +211,9 @@ def main() -> None:
 
     training = [measure("train_tutorial", per_image(tutorial_one)), measure("train_xfer", xfer_default),
                 measure("train_floor", per_image(floor_one))]
+    shrunk = measure("train_xfer_max_side_448", lambda: inputs.make_dataset(
+        [str(small / "train" / "*"), str(small / "eval" / "*")], tft_output, batch_size=BATCH, training=True,
+        seed=42, drop_remainder=False))
 
     raw = [tf.io.parse_single_example(r, spec)["image"].numpy()
            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
@@ -238,7 +241,7 @@ def main() -> None:
     print("pixel_diff " + " ".join(f"{k} {np.mean(v):.2f}" for k, v in diffs.items()), flush=True)
     shutil.rmtree(root, ignore_errors=True)
     print(report(args.n, src_bytes, made, seconds_full, seconds_small, bytes_full, bytes_small, seconds_run, steps,
-                 training, serving, diffs))
+                 training, serving, diffs, shrunk))
 
 
 def _step_seconds(log: str) -> dict:
@@ -252,7 +255,7 @@ def _step_seconds(log: str) -> dict:
 
 
 def report(n, src_bytes, made, seconds_full, seconds_small, bytes_full, bytes_small, seconds_run, steps,
-           training, serving, diffs) -> str:
+           training, serving, diffs, shrunk) -> str:
     def rows(measured):
         tut, ours, floor = measured
         return [f"| {m['name'].split('_', 1)[1]} | {m['per_s']:.1f} | {m['util'] * 100:.0f}% |" for m in measured] + [
@@ -277,7 +280,9 @@ def report(n, src_bytes, made, seconds_full, seconds_small, bytes_full, bytes_sm
         f"the tutorials' way {np.mean(diffs['tutorial']):.2f} (it samples without averaging).",
         "",
         f"`xfer data import-folder`: as they are {seconds_full:.1f} s, {bytes_full / 1e6:.0f} MB of TFRecords; "
-        f"`--max-side 448` {seconds_small:.1f} s, {bytes_small / 1e6:.0f} MB ({bytes_small / bytes_full:.3f} of the bytes).",
+        f"`--max-side 448` {seconds_small:.1f} s, {bytes_small / 1e6:.0f} MB ({bytes_small / bytes_full:.3f} of the bytes); "
+        f"the Trainer's input pipeline on the shrunk records: {shrunk['per_s']:.1f} images/s "
+        f"({shrunk['per_s'] / training[1]['per_s']:.1f}x the full-size photos).",
         f"`xfer run --to Transform` on the full-size photos: {seconds_run:.1f} s; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()) + ".",
         "",

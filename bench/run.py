@@ -15,7 +15,11 @@ Steps, in order, on the same data (bench/make_data.py) and the same model:
      shared machine falls on both sides alike; the ratio is of the medians of all
      epochs after each run's first;
   6. bytes Transform wrote against the raw TFRecords;
-  7. serving on raw JPEG bytes against Keras predict on decoded tensors (bench/serving.py).
+  7. serving on raw JPEG bytes against Keras predict on decoded tensors (bench/serving.py);
+  8. camera-size photos (bench/photos.py): the input pipeline and serving's decoding
+     three ways, import-folder --max-side;
+  9. cost as data grows (bench/scale.py): the pipeline to the Trainer at 2,000, 20,000
+     and 100,000 images, per step wall time and peak memory.
 """
 from __future__ import annotations
 
@@ -117,6 +121,15 @@ def steady(rates: list[float]) -> float:
     """Median images/s over a phase's epochs after the first (which pays for tracing):
     epochs on this shared 2-core machine vary by +-15%, and a median shrugs off one slow one."""
     return median(rates[1:] or rates)
+
+
+def fine_tune_utilization(w: Watched) -> float:
+    """CPU use of the process tree over a run's steady fine-tune epochs (from the end of
+    the first to the end of the last), as a fraction of all cores."""
+    ends = [t for t, line in w.lines if re.search(r"\] fine-tune epoch \d+:", line)]
+    if len(ends) < 2:
+        return float("nan")
+    return w.cpu_between(ends[0], ends[-1]) / (ends[-1] - ends[0]) / (os.cpu_count() or 1)
 
 
 def component_windows(w: Watched) -> dict:
@@ -245,6 +258,20 @@ def main() -> None:
                            str(data / "eval" / "*")]).run().text
     serve = float(re.search(r"serving_raw_jpeg_images_per_s ([\d.]+)", serving_out).group(1))
     keras = float(re.search(r"keras_predict_decoded_images_per_s ([\d.]+)", serving_out).group(1))
+    predict_best = max([keras] + [float(x) for x in re.findall(r"keras_predict_decoded_batch\d+_images_per_s ([\d.]+)",
+                                                               serving_out)])
+    m = re.search(r"cached base features of (\d+) train and (\d+) eval images .* in ([\d.]+)s", p1["on"].text)
+    extract_rate = (int(m.group(1)) + int(m.group(2))) / float(m.group(3))
+
+    print("[bench] camera-size photos ...", flush=True)
+    photos = Watched([PY, str(REPO / "bench" / "photos.py"), str(work)]).run()
+    photos_md = photos.text[photos.text.index("### Camera-size photos"):]
+    print("[bench] cost as data grows: 2,000, 20,000, 100,000 images ...", flush=True)
+    scale = Watched([PY, str(REPO / "bench" / "scale.py"), str(work)]).run()
+    scale_md = scale.text[scale.text.index("### Cost as data grows"):]
+    (logs / "photos.log").write_text(photos.text + "\n")
+    (logs / "scale.log").write_text(scale.text + "\n")
+    utilization = {side: [fine_tune_utilization(w) for w in runs] for side, runs in p2.items()}
 
     base_rates, pipe_rates = epoch_rates(base.text), epoch_rates(cold.text)
     rows = [
@@ -266,6 +293,9 @@ def main() -> None:
          "<= 1.5", "<= 1.0 (or none)",
          f"{'none materialized' if not materialized else materialized_bytes} "
          f"(transform graph {transform_bytes / 1e3:.0f} KB) / {raw_bytes / 1e6:.2f} MB"),
+        ("phase 1's feature extraction (decode and forward pass, tracing included), images/s / Keras predict "
+         "on decoded tensors at its best batch size (32, 64, 128)", extract_rate / predict_best, "", "",
+         f"{extract_rate:.1f} / {predict_best:.1f} images/s"),
         ("serving_default on raw JPEG, images/s / Keras predict on decoded tensors", serve / keras,
          ">= 0.8", ">= 0.95", f"{serve:.1f} / {keras:.1f} images/s"),
         ("a run with nothing changed (cached up to the Trainer, the served model re-read and judged): seconds", third.seconds,
@@ -334,6 +364,16 @@ def main() -> None:
         "",
         "| input | ImportExampleGen s | DataCheck s | whole run s |", "| --- | --- | --- | --- |",
         *span_rows,
+        "",
+        "CPU use over the steady phase-2 epochs of the alternated runs (CPU seconds of the process tree / "
+        f"wall / {os.cpu_count()} cores): baseline script "
+        + ", ".join(f"{u * 100:.0f}%" for u in utilization["baseline"]) + "; Trainer "
+        + ", ".join(f"{u * 100:.0f}%" for u in utilization["xfer"]) + f"; Trainer with steps_per_execution {SPE} "
+        + ", ".join(f"{u * 100:.0f}%" for u in utilization["xfer_spe"]) + ".",
+        "",
+        photos_md.rstrip(),
+        "",
+        scale_md.rstrip(),
         "",
         f"Outside the components (interpreter and TFX import, pipeline build, ML Metadata, the summary): "
         f"{cold.seconds - in_components:.1f} s of the cold run's {cold.seconds:.1f} s. "

@@ -183,7 +183,9 @@ def decode_batch(images: tf.Tensor, decode_one: Callable[[tf.Tensor], tf.Tensor]
         return index, image, status, width, height
 
     dataset = (tf.data.Dataset.from_tensor_slices((tf.range(n), images, fmt, width, height, frames))
-               .map(one)
+               # Images decode in parallel (a request of camera photos is decode-bound); the
+               # index puts each result back in its place.
+               .map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
                .ignore_errors()  # a decode or header error drops that image only
                .batch(max_batch))  # n <= max_batch: at most one batch
     empty = (tf.zeros([0], tf.int64), tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int64),
