@@ -62,7 +62,7 @@ def report(sizes: list[int], results: dict) -> str:
     first, last = sizes[0], sizes[-1]
     head = "| step | " + " | ".join(f"{n:,}: s | peak GB" for n in sizes) + \
         f" | time {last:,} / {first:,} (data x{last // first}) | peak {last:,} / {first:,} |"
-    lines = [head, "| --- " * (2 + len(sizes) + 1) + "|"]
+    lines = [head, "| --- " * (1 + 2 * len(sizes) + 2) + "|"]
     for step in BEAM:
         cells = " | ".join(f"{results[n][step]['seconds']:.1f} | {results[n][step]['peak_gb']:.2f}" for n in sizes)
         a, b = results[first][step], results[last][step]
