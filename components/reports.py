@@ -136,7 +136,10 @@ def cam_layer(base: tf.keras.Model) -> str:
 def _split_classifier(model: tf.keras.Model):
     """(layers before the base, the base, layers after it): the classifier of
     components/model.py is a chain with the backbone as one nested Model."""
-    chain = [l for l in model.layers if not isinstance(l, tf.keras.layers.InputLayer)]
+    # Only the layers of the functional graph: the exported model also tracks the transform
+    # layer as an attribute (components/export.py), which `model.layers` lists too.
+    in_graph = {id(node.layer) for nodes in model._nodes_by_depth.values() for node in nodes}
+    chain = [l for l in model.layers if id(l) in in_graph and not isinstance(l, tf.keras.layers.InputLayer)]
     nested = [i for i, l in enumerate(chain) if isinstance(l, tf.keras.Model)]
     if len(nested) != 1:
         raise ValueError(f"Grad-CAM: expected one nested backbone model in {model.name}, found {len(nested)}")
@@ -231,7 +234,7 @@ def plot_top_losses(top: TopLosses, names: list[str], path: str) -> None:
         r = top.rows[k]
         ax.imshow(np.clip(top.images[r["index"]], 0, 255).astype(np.uint8))
         ax.set_title(f"{names[r['actual']]}/{names[r['predicted']]}\n"
-                     f"loss {r['loss']:.2f} p {r['probability_actual']:.2f}", fontsize=7,
+                     f"loss {r['loss']:.2f} p {r['probability_actual']:.2g}", fontsize=7,
                      color="black" if r["actual"] == r["predicted"] else "red")
     fig.suptitle("top losses: actual/predicted/loss/probability of actual")
     _save(fig, path)
