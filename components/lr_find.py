@@ -208,6 +208,18 @@ class Result:
 PHASES = ("transfer", "fine_tune")
 
 
+def check_phase(t, phase: str) -> None:
+    """A phase lr-find can test in this TrainConfig, else LrFindError naming the fix."""
+    if phase not in PHASES:
+        raise LrFindError(f"--phase: unknown phase '{phase}'; phases: {', '.join(PHASES)}")
+    if phase == "fine_tune" and not (t.fine_tune.enabled and t.fine_tune.epochs):
+        raise LrFindError(
+            "--phase fine_tune: phase 2 is off in this config (train.fine_tune.enabled is "
+            f"{str(t.fine_tune.enabled).lower()}, train.fine_tune.epochs is {t.fine_tune.epochs}), so it has no "
+            "rate to find; use --phase transfer, or turn phase 2 on with --set train.fine_tune.enabled=true "
+            "(and train.fine_tune.epochs above 0)")
+
+
 def find(s, fn_args, phase: str, log: Callable[[str], None] = print) -> Result:
     """The range test for `phase` of the Trainer configured by `s` (TrainerSettings), on
     fn_args.train_files with the transform graph at fn_args.transform_graph_path.
@@ -221,16 +233,9 @@ def find(s, fn_args, phase: str, log: Callable[[str], None] = print) -> Result:
     from xfer.components import class_weights, keras_setup, labels, model as model_lib, resume  # noqa: F401
     from xfer.components import trainer
 
-    if phase not in PHASES:
-        raise LrFindError(f"--phase: unknown phase '{phase}'; phases: {', '.join(PHASES)}")
+    check_phase(s.train, phase)
     # A throwaway copy: no epoch backups, no reports or TensorBoard logs, nothing exported.
     t = s.train.model_copy(update={"resume": False, "reports": False})
-    if phase == "fine_tune" and not (t.fine_tune.enabled and t.fine_tune.epochs):
-        raise LrFindError(
-            "--phase fine_tune: phase 2 is off in this config (train.fine_tune.enabled is "
-            f"{str(t.fine_tune.enabled).lower()}, train.fine_tune.epochs is {t.fine_tune.epochs}), so it has no "
-            "rate to find; use --phase transfer, or turn phase 2 on with --set train.fine_tune.enabled=true "
-            "(and train.fine_tune.epochs above 0)")
     tf.keras.utils.set_random_seed(t.seed)
     chosen = trainer._choose_strategy(t)
     try:

@@ -41,15 +41,11 @@ def lr_find(config: Config, phase: str) -> list[str]:
     from xfer.pipeline.pipeline import code_fingerprint
     from xfer.pipeline.runners import run_local
 
-    if phase not in finder.PHASES:
-        raise ConfigError(f"--phase: unknown phase '{phase}'; phases: {', '.join(finder.PHASES)}")
+    try:
+        finder.check_phase(config.train, phase)  # before any step runs
+    except finder.LrFindError as e:
+        raise ConfigError(str(e)) from None
     t = config.train
-    if phase == "fine_tune" and not (t.fine_tune.enabled and t.fine_tune.epochs):
-        raise ConfigError(
-            f"--phase fine_tune: phase 2 is off in this config (train.fine_tune.enabled is "
-            f"{str(t.fine_tune.enabled).lower()}, train.fine_tune.epochs is {t.fine_tune.epochs}), so it "
-            f"has no rate to find; use --phase transfer, or turn phase 2 on with --set "
-            f"train.fine_tune.enabled=true (and train.fine_tune.epochs above 0)")
     summary = run_local(config, to_nodes=[UP_TO], keep_cache=True)
     found = trainer_inputs(config.metadata_path, config.name, summary.run_id)
     uri = found["examples"]
