@@ -83,6 +83,15 @@ def _save_failed_result(config, failed: Exception, started_at: float) -> None:
     print(f"run result: {path}")
 
 
+def cmd_lr_find(args) -> int:
+    from xfer.pipeline.lr_find import lr_find
+
+    config = load_config(args.config, args.overrides)
+    for line in lr_find(config, args.phase):
+        print(line.replace("{config}", args.config))
+    return 0
+
+
 def cmd_compile(args) -> int:
     from xfer.pipeline.runners import compile_kubeflow
 
@@ -261,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-blessed", action="store_true",
                    help=f"exit {EXIT_NOT_BLESSED} when the model is not blessed (for schedulers)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: a loss-vs-rate plot and a suggested rate",
+                       description="A learning-rate range test (Leslie Smith; fastai's lr_find) on a "
+                                   "throwaway copy of the Trainer's model: the pipeline runs up to "
+                                   "Transform (from cache when unchanged), then the rate grows "
+                                   "exponentially from 1e-7 to 10 over up to 100 steps on the train "
+                                   "split, through the Trainer's input pipeline, model and optimizer, "
+                                   "stopping once the smoothed loss passes 4x its minimum. Prints the "
+                                   "suggested rate (the steepest descent of the smoothed loss) and the "
+                                   "--set line to use it; writes the plot and the points under "
+                                   "ROOT/reports/lr_find/. Nothing of the model is kept.")
+    _add_config_args(p)
+    p.add_argument("--phase", choices=["transfer", "fine_tune"], default="transfer",
+                   type=lambda v: v.replace("-", "_"),
+                   help="transfer: base frozen, the head's rate (train.transfer.learning_rate); "
+                        "fine_tune: phase 1 first for its configured epochs, then the top of the base "
+                        "unfrozen (train.fine_tune.learning_rate). Default: transfer")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("runs", help="list past local runs from the metadata store",
                        description="Past runs of the config's pipeline, from its ML Metadata store: "

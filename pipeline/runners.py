@@ -37,9 +37,12 @@ def check_weights(config: Config) -> None:
 
 
 def run_local(config: Config, from_nodes: Optional[list[str]] = None,
-              to_nodes: Optional[list[str]] = None, check_only: bool = False) -> Optional[RunSummary]:
+              to_nodes: Optional[list[str]] = None, check_only: bool = False,
+              keep_cache: bool = False) -> Optional[RunSummary]:
     """Run the DAG locally. With from_nodes/to_nodes, a partial run: only the nodes
     between them execute, the rest of their inputs come from the latest run in MLMD.
+    A partial run re-executes its nodes unless `keep_cache` (xfer lr-find: the steps up
+    to Transform, from cache when unchanged).
 
     The preflight runs first (check_only: only it); then the run holds the root's lock,
     clears what interrupted runs left, and returns the summary of its own run."""
@@ -74,7 +77,8 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
         # Upstream artifacts of the nodes run come from the latest run.
         run_options.partial_run.snapshot_settings.latest_pipeline_run_strategy.SetInParent()
         # A partial run exists to re-execute its nodes (e.g. after editing trainer code).
-        config = config.model_copy(update={"enable_cache": False})
+        if not keep_cache:
+            config = config.model_copy(update={"enable_cache": False})
     if not any(a.startswith("--runner") for a in config.beam_pipeline_args):
         # Beam 2.72's DirectRunner first tries its Prism runner, which leaves a temp folder
         # in /tmp when it cannot start (no binary, no network), then falls back to this

@@ -129,7 +129,9 @@ def view_model_run(uri: str) -> list[str]:
             epoch += 1
             vals = "  ".join(f"{k} {h[k][i]:.4f}" for k in sorted(h))
             lines.append(f"  epoch {epoch} ({phase}): {vals}")
-    for name in ("curves.png", "confusion_matrix.png", "eval_grid.png", "logs"):
+    from xfer.components.reports import PNGS
+
+    for name in (*PNGS, "logs"):
         if tf.io.gfile.exists(os.path.join(uri, name)):
             what = "TensorBoard logs" if name == "logs" else "plot"
             lines.append(f"  {what}: {os.path.join(uri, name)}")
