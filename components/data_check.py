@@ -53,6 +53,11 @@ def anomaly_lines(anomalies_uri: str) -> list[str]:
             for feature, info in by_feature.items()]
 
 
+# Records whose images are decoded together (in parallel, in tf.data): at most this
+# many, and at most this many bytes, so a file of camera photos is not held whole.
+CHUNK_RECORDS, CHUNK_BYTES = 256, 64 << 20
+
+
 class _Check(beam.DoFn):
     """(file, split) -> every record, tagged good or bad, with its index in the file."""
 
@@ -70,10 +75,24 @@ class _Check(beam.DoFn):
         # for a large JPEG: the same entropy decoding, a fraction of the cost); with no
         # model size given, at full size.
         size = self.image_size
-        self._decode = tf.function(
-            (lambda e: tf.shape(decode_pixels(e, size))) if size > 0 else
-            (lambda e: tf.shape(tf.io.decode_image(e, channels=3, expand_animations=False))),
-            input_signature=[tf.TensorSpec([], tf.string)])
+
+        def shape(e):
+            return tf.shape(decode_pixels(e, size) if size > 0 else
+                            tf.io.decode_image(e, channels=3, expand_animations=False))
+
+        self._decode = tf.function(shape, input_signature=[tf.TensorSpec([], tf.string)])
+
+        # A chunk of images decoded in parallel in tf.data, in one traced call: an image
+        # that fails is dropped there (its index missing from the result) and decoded
+        # again alone (self._decode) for its error message.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def decoded_indices(images):
+            return (tf.data.Dataset.from_tensor_slices((tf.range(tf.size(images)), images))
+                    .map(lambda i, e: (i, shape(e)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+                    .ignore_errors().map(lambda i, _: i).batch(CHUNK_RECORDS + 1)
+                    .reduce(tf.zeros([0], tf.int32), lambda acc, b: tf.concat([acc, b], 0)))
+
+        self._decode_chunk = lambda images: set(decoded_indices(tf.constant(images)).numpy().tolist())
 
     def _label_problem(self, features) -> str:
         """Why the record's label cannot train, or '' (string labels get a vocabulary
@@ -93,9 +112,11 @@ class _Check(beam.DoFn):
         import tensorflow as tf
 
         path, split = item
-        dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path))
-        for index, raw in enumerate(dataset.as_numpy_iterator()):
-            reason, ident, features = None, None, None
+        # Read in batches: a Python step per record costs more than checking one.
+        batches = tf.data.TFRecordDataset(path, compression_type=compression_of(path)).batch(64)
+        pending, pending_bytes = [], 0
+        for index, raw in enumerate(raw for batch in batches.as_numpy_iterator() for raw in batch):
+            reason, ident, features, image = None, None, None, None
             try:
                 features = tf.train.Example.FromString(raw).features.feature
                 for key in ID_KEYS:
@@ -106,14 +127,33 @@ class _Check(beam.DoFn):
                 if len(values) != 1:
                     reason = f"feature '{self.image_key}' has {len(values)} values, not 1"
                 else:
-                    self._decode(values[0])
-                    reason = self._label_problem(features) or None
-            except tf.errors.InvalidArgumentError as e:
-                # "{{function_node ...}} Invalid PNG. ... [Op:DecodeImage]" -> "Invalid PNG. ..."
-                msg = e.message.splitlines()[0].split("}}")[-1].split("[Op:")[0].strip()
-                reason = f"image does not decode ({msg})"
+                    image = values[0]
             except Exception as e:  # noqa: BLE001 - a record that is not even a tf.Example
                 reason = f"not a tf.Example: {e}"
+            pending.append((index, raw, ident, features, image, reason))
+            pending_bytes += len(raw)
+            if len(pending) >= CHUNK_RECORDS or pending_bytes >= CHUNK_BYTES:
+                yield from self._judge(path, split, pending)
+                pending, pending_bytes = [], 0
+        yield from self._judge(path, split, pending)
+
+    def _judge(self, path: str, split: str, records: list):
+        """Decode a chunk's images together, then tag each record good or bad, in file order."""
+        import tensorflow as tf
+
+        to_decode = [r for r in records if r[4] is not None]
+        decoded = self._decode_chunk([r[4] for r in to_decode]) if to_decode else set()
+        failed = {to_decode[k][0] for k in range(len(to_decode)) if k not in decoded}
+        for index, raw, ident, features, image, reason in records:
+            if index in failed:
+                try:
+                    self._decode(image)  # alone, for the error message
+                except tf.errors.OpError as e:
+                    # "{{function_node ...}} Invalid PNG. ... [Op:DecodeImage]" -> "Invalid PNG. ..."
+                    msg = e.message.splitlines()[0].split("}}")[-1].split("[Op:")[0].strip()
+                    reason = f"image does not decode ({msg})"
+            if reason is None:
+                reason = self._label_problem(features) or None
             if reason:
                 bad = {"split": split, "file": path, "index": index, "id": ident, "reason": reason,
                        "fingerprint": fingerprint(raw)}
