@@ -53,6 +53,15 @@ def anomaly_lines(anomalies_uri: str) -> list[str]:
             for feature, info in by_feature.items()]
 
 
+def op_error_text(message: str) -> str:
+    """The decoder's own words from a TensorFlow op error:
+    "{{function_node ...}} Invalid PNG. ...\n [[{{node ...}}]] [Op:...]" -> "Invalid PNG. ..."."""
+    lines = [line for line in message.splitlines() if line.strip()] or [message]
+    at = next((i for i, line in enumerate(lines) if "[[{{node" in line), None)
+    line = (lines[at].split("[[{{node")[0].strip() or lines[at - 1]) if at else lines[0]
+    return line.split("}}")[-1].split("[Op:")[0].strip()
+
+
 # Records whose images are decoded together (in parallel, in tf.data): at most this
 # many, and at most this many bytes, so a file of camera photos is not held whole.
 CHUNK_RECORDS, CHUNK_BYTES = 256, 64 << 20
@@ -64,7 +73,7 @@ class _Check(beam.DoFn):
     def __init__(self, image_key: str, label_key: str, num_classes: int, image_size: int = 0):
         self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes
         self.image_size = image_size
-        self._decode = None
+        self._decode_eagerly = self._decode_chunk = None
 
     def setup(self):
         import tensorflow as tf
@@ -80,11 +89,11 @@ class _Check(beam.DoFn):
             return tf.shape(decode_pixels(e, size) if size > 0 else
                             tf.io.decode_image(e, channels=3, expand_animations=False))
 
-        self._decode = tf.function(shape, input_signature=[tf.TensorSpec([], tf.string)])
+        self._decode_eagerly = lambda image: shape(tf.constant(image))
 
         # A chunk of images decoded in parallel in tf.data, in one traced call: an image
         # that fails is dropped there (its index missing from the result) and decoded
-        # again alone (self._decode) for its error message.
+        # again alone (self._decode_eagerly) for its error message.
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def decoded_indices(images):
             return (tf.data.Dataset.from_tensor_slices((tf.range(tf.size(images)), images))
@@ -147,11 +156,11 @@ class _Check(beam.DoFn):
         for index, raw, ident, features, image, reason in records:
             if index in failed:
                 try:
-                    self._decode(image)  # alone, for the error message
+                    # Alone and eagerly, for the decoder's message (a traced function's
+                    # error can come as "Graph execution error" and a traceback).
+                    self._decode_eagerly(image)
                 except tf.errors.OpError as e:
-                    # "{{function_node ...}} Invalid PNG. ... [Op:DecodeImage]" -> "Invalid PNG. ..."
-                    msg = e.message.splitlines()[0].split("}}")[-1].split("[Op:")[0].strip()
-                    reason = f"image does not decode ({msg})"
+                    reason = f"image does not decode ({op_error_text(e.message)})"
             if reason is None:
                 reason = self._label_problem(features) or None
             if reason:

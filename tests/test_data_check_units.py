@@ -73,7 +73,17 @@ def test_the_check_judges_every_record_in_file_order_whatever_the_chunking(tmp_p
     assert [k[0] for k in kinds] == ["good", "bad", "bad", "bad", "good", "bad", "bad", "good"]
     reasons = {k[1]: k[2] for k in kinds if k[0] == "bad"}
     assert reasons[1].startswith("image does not decode (") and reasons[3].startswith("image does not decode (")
+    assert "Graph execution" not in reasons[1] + reasons[3] and ")" in reasons[1][len("image does not decode ("):]
     assert reasons[2].startswith("not a tf.Example")
     assert reasons[5] == "feature 'image' has 0 values, not 1"
     assert reasons[6].startswith("label 7 is outside the 3 classes")
     assert [k[1] for k in kinds if k[0] == "good"] == ["0", "1", "2"]
+
+
+def test_op_error_text_keeps_the_decoders_words():
+    from xfer.components.data_check import op_error_text
+    assert op_error_text("{{function_node __wrapped__DecodeImage_device_/cpu:0}} Invalid PNG. Failed to "
+                         "initialize decoder. [Op:DecodeImage]") == "Invalid PNG. Failed to initialize decoder."
+    assert op_error_text("{{function_node __inference_shape_147}} Invalid PNG. Failed to initialize decoder.\n"
+                         "\t [[{{node decode_image/DecodeImage}}]] [Op:__inference_shape_147]") == \
+        "Invalid PNG. Failed to initialize decoder."
