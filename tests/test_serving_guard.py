@@ -15,14 +15,12 @@ from PIL import Image
 
 import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
-import tensorflow_transform as tft
 
-from settings_helpers import make_config, small_model
+from settings_helpers import small_model, transform_graph
 from xfer.components import export
 from xfer.components.labels import write_labels_file
 from xfer.components.model import build_model
 from xfer.components.settings import ServingConfig
-from xfer.components.transform import preprocessing_fn
 from xfer.pipeline.data.records import image_example
 
 SIZE, CLASSES, MAX_BATCH = 32, 3, 8
@@ -39,20 +37,9 @@ def encoded(fmt, mode="RGB", size=(45, 30)):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
-
     root = tmp_path_factory.mktemp("serving-guard")
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-    step = make_config(model=small_model(image_size=SIZE).model_dump()).transform_settings("test").model_dump()
     raw = [{"image": encoded("PNG"), "label": i % CLASSES} for i in range(4)]
-    with beam.Pipeline(argv=[]) as p, tft_beam.Context(temp_dir=str(root / "tft-tmp")):
-        fn = (p | beam.Create(raw), metadata) | tft_beam.AnalyzeDataset(lambda x: preprocessing_fn(x, step))
-        _ = fn | tft_beam.WriteTransformFn(str(root / "transform"))
-    metadata_io.write_metadata(metadata, str(root / "transform" / "metadata"))
-    tft_output = tft.TFTransformOutput(str(root / "transform"))
+    tft_output = transform_graph(root, raw, SIZE)
 
     tf.keras.utils.set_random_seed(1)
     classifier, _ = build_model(small_model(image_size=SIZE), CLASSES)

@@ -16,13 +16,12 @@ from PIL import Image
 
 import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
-import tensorflow_transform as tft
 
-from settings_helpers import make_config, small_model
+from settings_helpers import make_config, transform_graph
 from xfer.components import export
 from xfer.components.evaluator import CandidateLacksSignature, saved_signatures, tta_fallback
 from xfer.components.settings import ServingConfig
-from xfer.components.transform import decode_images, preprocessing_fn
+from xfer.components.transform import decode_images
 from xfer.pipeline.data.records import image_example
 
 SIZE = 32
@@ -66,20 +65,9 @@ def save(model, tft_output, path, serving=None, drop=()):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
-
     root = tmp_path_factory.mktemp("tta")
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-    step = make_config(model=small_model(image_size=SIZE).model_dump()).transform_settings("test").model_dump()
     raw = [{"image": png(i % 2, i), "label": i % 2} for i in range(4)]
-    with beam.Pipeline(argv=[]) as p, tft_beam.Context(temp_dir=str(root / "tft-tmp")):
-        fn = (p | beam.Create(raw), metadata) | tft_beam.AnalyzeDataset(lambda x: preprocessing_fn(x, step))
-        _ = fn | tft_beam.WriteTransformFn(str(root / "transform"))
-    metadata_io.write_metadata(metadata, str(root / "transform" / "metadata"))
-    tft_output = tft.TFTransformOutput(str(root / "transform"))
+    tft_output = transform_graph(root, raw, SIZE)
 
     model = left_minus_right_model()
     images = [png(i % 2, 100 + i) for i in range(16)]
