@@ -144,6 +144,7 @@ class Run:
     # MixUp/CutMix on training batches (recipe.mixer), or None.
     mixer: Optional[Callable] = None
     _epoch_steps: Optional[int] = field(default=None, repr=False)
+    _n_train: Optional[int] = field(default=None, repr=False)
 
     @classmethod
     def prepare(cls, fn_args, t: TrainConfig, chosen, tft_output,
@@ -158,9 +159,8 @@ class Run:
             (n_train, n_eval), source = examples_per_split(fn_args)
             on_tpu = chosen.kind == "tpu"
             if steps is None:
-                # Only a TPU drops the last partial batch (static shapes).
-                steps = max(1, n_train // t.batch_size if on_tpu else -(-n_train // t.batch_size))
-            val_steps = max(1, n_eval // t.batch_size if on_tpu else -(-n_eval // t.batch_size))
+                steps = batches(n_train, t.batch_size, on_tpu)
+            val_steps = batches(n_eval, t.batch_size, on_tpu)
             print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples ({source}), "
                   f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
         return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
@@ -172,13 +172,13 @@ class Run:
         if self.steps is not None:
             return self.steps
         if self._epoch_steps is None:
-            n = self._train_examples()
-            b = self.train.batch_size
-            self._epoch_steps = max(1, n // b if self.on_tpu else -(-n // b))
+            self._epoch_steps = batches(self._train_examples(), self.train.batch_size, self.on_tpu)
         return self._epoch_steps
 
     def _train_examples(self) -> int:
-        return examples_per_split(self.fn_args)[0][0]
+        if self._n_train is None:
+            self._n_train = examples_in(self.fn_args.train_files)[0]
+        return self._n_train
 
     @property
     def on_tpu(self) -> bool:
@@ -206,25 +206,35 @@ class Run:
         return cbs + [EpochLog(phase.replace("_", "-"), self.train.batch_size)]
 
 
-def examples_per_split(fn_args) -> tuple[tuple[int, int], str]:
-    """((train, eval) examples, where the figures come from): DataCheck's per-split counts
-    of the records it kept (components/data_check.py, label_counts.json beside the
-    examples), so sizing an epoch reads nothing; examples from elsewhere (no counts) are
-    counted by one read of the records."""
+def batches(n: int, batch_size: int, on_tpu: bool) -> int:
+    """Steps to go over n examples once (at least 1). Only a TPU drops the last partial
+    batch (static shapes)."""
+    return max(1, n // batch_size if on_tpu else -(-n // batch_size))
+
+
+def examples_in(files: list[str]) -> tuple[int, str]:
+    """(examples, where the figure comes from) of one split: DataCheck's count of the
+    records it kept (components/data_check.py, label_counts.json beside the examples),
+    so sizing an epoch reads nothing; examples from elsewhere (no counts) are counted by
+    one read of the records."""
     from xfer.components.data_check import read_label_counts
 
-    def kept(files: list[str]) -> int:
-        split_dir = os.path.dirname(files[0])  # <examples uri>/Split-<name>
-        counts = read_label_counts(os.path.dirname(split_dir))
-        return sum(int(v) for v in counts[os.path.basename(split_dir)[len("Split-"):]].values())
-
+    split_dir = os.path.dirname(files[0])  # <examples uri>/Split-<name>
     try:
-        n = (kept(fn_args.train_files), kept(fn_args.eval_files))
-        if min(n) > 0:
+        counts = read_label_counts(os.path.dirname(split_dir))
+        n = sum(int(v) for v in counts[os.path.basename(split_dir)[len("Split-"):]].values())
+        if n > 0:
             return n, "DataCheck's counts"
     except (OSError, KeyError, ValueError, tf.errors.OpError):
         pass  # examples not from DataCheck: count them
-    return (inputs.count_records(fn_args.train_files), inputs.count_records(fn_args.eval_files)), "counted"
+    return inputs.count_records(files), "counted"
+
+
+def examples_per_split(fn_args) -> tuple[tuple[int, int], str]:
+    """((train, eval) examples, where the figures come from): examples_in for each split."""
+    (n_train, train_source), (n_eval, eval_source) = examples_in(fn_args.train_files), examples_in(fn_args.eval_files)
+    source = train_source if train_source == eval_source else f"train: {train_source}, eval: {eval_source}"
+    return (n_train, n_eval), source
 
 
 def run_phase(run: Run, name: str, phase: Union[TransferConfig, FineTuneConfig], backup: resume.Phase,
