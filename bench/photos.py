@@ -30,7 +30,6 @@ import io
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from multiprocessing import get_context
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 PY = sys.executable
 XFER = str(Path(PY).parent / "xfer")
 SIZE, BATCH, REQUEST = 224, 32, 16
@@ -105,13 +105,10 @@ def make_photos(folder: Path, n: int) -> Path:
     return folder
 
 
-def run(cmd: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start, proc.stdout + proc.stderr
+def run(cmd: list[str]):
+    """bench/run.py's Watched: fails with the command's last lines, keeps timestamped lines."""
+    from bench.run import Watched
+    return Watched(cmd).run()
 
 
 def folder_bytes(path: Path, pattern: str = "*") -> int:
@@ -153,8 +150,8 @@ def main() -> None:
     print(f"photos {args.n} {src_bytes / 1e6:.0f} MB ({'made' if made > 5 else 'cached'} in {made:.0f} s)", flush=True)
 
     records, small = work / "records", work / "records448"
-    seconds_full, _ = run([XFER, "data", "import-folder", str(src), str(records), "--overwrite"])
-    seconds_small, _ = run([XFER, "data", "import-folder", str(src), str(small), "--overwrite", "--max-side", "448"])
+    seconds_full = run([XFER, "data", "import-folder", str(src), str(records), "--overwrite"]).seconds
+    seconds_small = run([XFER, "data", "import-folder", str(src), str(small), "--overwrite", "--max-side", "448"]).seconds
     bytes_full, bytes_small = folder_bytes(records, "*.tfrecord.gz"), folder_bytes(small, "*.tfrecord.gz")
     print(f"import_folder_seconds {seconds_full:.1f} max_side_448 {seconds_small:.1f}", flush=True)
 
@@ -162,11 +159,12 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     config = ["--config", str(REPO / "bench" / "photos.yaml"), "--set", f"root={root}",
               "--set", f"data.input_base={records}", "--set", f"data.labels_file={records / 'labels.txt'}"]
-    seconds_run, log = run([XFER, "run", *config, "--to", "Transform"])
-    steps = _step_seconds(log)
+    from bench.run import component_windows
+    watched = run([XFER, "run", *config, "--to", "Transform"])
+    seconds_run = watched.seconds
+    steps = {name: t1 - t0 for name, (t0, t1) in component_windows(watched).items()}
     print(f"pipeline_to_transform_seconds {seconds_run:.1f} {steps}", flush=True)
 
-    sys.path.insert(0, str(REPO))
     import xfer.components  # noqa: F401
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -242,16 +240,6 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     print(report(args.n, src_bytes, made, seconds_full, seconds_small, bytes_full, bytes_small, seconds_run, steps,
                  training, serving, diffs, shrunk))
-
-
-def _step_seconds(log: str) -> dict:
-    import re
-    out = {}
-    for line in log.splitlines():
-        m = re.match(r"\[xfer\] (\w+) done \(([\d.]+)s\)", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
 
 
 def report(n, src_bytes, made, seconds_full, seconds_small, bytes_full, bytes_small, seconds_run, steps,
