@@ -125,3 +125,42 @@ def test_provenance_is_json_per_input_file(tmp_path):
     [name] = os.listdir(os.path.join(examples.uri, "provenance"))
     entry = json.loads((tmp_path / "out" / "provenance" / name).read_text())
     assert entry["file"].endswith("train/a.tfrecord") and len(entry["fingerprints"]) == 2
+
+
+def test_local_runners_write_each_split_as_it_is_read_without_tfxs_shuffle(tmp_path, monkeypatch):
+    """TFX shuffles each split before writing it; Beam's local runners hold that shuffle
+    whole in memory. Here the records go from the read to the files (checked on the Beam
+    graph that ran), all of them, and TFX's own write is back in place afterwards."""
+    import apache_beam as beam
+    from tfx.components.example_gen import write_split
+
+    from xfer.components.import_gen import streams
+
+    labels = []
+
+    class Labels(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            labels.append(node.full_label)
+
+        def visit_transform(self, node):
+            labels.append(node.full_label)
+
+    run = beam.Pipeline.run
+
+    def run_and_record(pipeline, *args, **kwargs):
+        pipeline.visit(Labels())
+        return run(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", run_and_record)
+    tfx_write = write_split.WriteSplit
+    _write(tmp_path / "in" / "train" / "a.tfrecord", _records(40))
+    examples = _import(tmp_path / "in", tmp_path / "out")
+    written = []
+    for f in tf.io.gfile.glob(os.path.join(examples.uri, "Split-train", "*")):
+        written += list(tf.data.TFRecordDataset(f, compression_type="GZIP").as_numpy_iterator())
+    assert sorted(written) == sorted(_records(40))
+    assert "WriteSplit[train]/Write" in labels, labels
+    assert not [label for label in labels if label.startswith("WriteSplit[train]/Shuffle")], labels
+    assert write_split.WriteSplit is tfx_write
+    assert streams([]) and streams(["--direct_running_mode=in_memory"]) and streams(["--runner=FnApiRunner"])
+    assert not streams(["--runner=DataflowRunner", "--project=p"]) and not streams(["--runner=PortableRunner"])
