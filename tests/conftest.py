@@ -16,6 +16,18 @@ CONFIGS = Path(__file__).parent / "configs"
 XFER = str(Path(sys.executable).parent / "xfer")
 
 
+# The heaviest files first (`make test`'s --durations list): two xdist workers take a
+# file at a time, and a long file begun last would leave one core idle at the end.
+HEAVY_FIRST = ["test_lr_find.py", "test_evaluate_push.py", "test_insight.py", "test_warm_start.py",
+               "test_pipeline_local.py", "test_class_imbalance.py", "test_data_validation.py",
+               "test_run_faults.py", "test_submit.py", "test_spans.py", "test_trainer_run.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))  # stable: the rest keep their order
+
+
 def xfer(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
     """Run the real `xfer` console script, as a user would."""
     proc = subprocess.run([XFER, *args], cwd=cwd or REPO, capture_output=True, text=True)
