@@ -27,8 +27,9 @@ from typing import Callable, Optional
 import numpy as np
 
 START_RATE, END_RATE = 1e-7, 10.0
-MAX_STEPS = 100     # fastai's num_it
+MAX_STEPS = 100     # fastai's num_it (the default of --steps)
 MIN_STEPS = 20      # fewer points than this do not make a curve
+STEPS_LIMIT = 1000  # the most --steps takes
 MAX_PASSES = 3      # at most this many passes over the train split (a small split repeats)
 DIVERGED = 4.0      # stop once the smoothed loss exceeds this x its minimum (fastai's rule)
 SMOOTHING = 0.8     # exponential smoothing of the per-step loss (forward and back: about ±4 steps)
@@ -45,9 +46,9 @@ def min_train_examples(batch_size: int) -> int:
     return batch_size * math.ceil(MIN_STEPS / MAX_PASSES)
 
 
-def plan_steps(steps_per_pass: int) -> int:
-    """Steps of the test: MAX_STEPS, or fewer on a small split (at most MAX_PASSES passes)."""
-    return min(MAX_STEPS, MAX_PASSES * steps_per_pass)
+def plan_steps(steps_per_pass: int, steps: int = MAX_STEPS) -> int:
+    """Steps of the test: `steps` (--steps), or fewer on a small split (at most MAX_PASSES passes)."""
+    return min(steps, MAX_PASSES * steps_per_pass)
 
 
 def rates(steps: int, start: float = START_RATE, end: float = END_RATE) -> np.ndarray:
@@ -220,7 +221,7 @@ def check_phase(t, phase: str) -> None:
             "(and train.fine_tune.epochs above 0)")
 
 
-def find(s, fn_args, phase: str, log: Callable[[str], None] = print) -> Result:
+def find(s, fn_args, phase: str, log: Callable[[str], None] = print, steps: int = MAX_STEPS) -> Result:
     """The range test for `phase` of the Trainer configured by `s` (TrainerSettings), on
     fn_args.train_files with the transform graph at fn_args.transform_graph_path.
 
@@ -285,7 +286,7 @@ def find(s, fn_args, phase: str, log: Callable[[str], None] = print) -> Result:
             model_lib.compile_for(fit_model, cfg.optimizer, START_RATE, 1, label_smoothing=t.label_smoothing,
                                   soft_targets=run.mixer is not None, base_variables=base_variables,
                                   base_lr_factor=factor)
-        steps = plan_steps(steps_per_pass)
+        steps = plan_steps(steps_per_pass, steps)
         log(f"[xfer] lr-find {phase}: {steps} steps of batch {t.batch_size} ({n_train} train examples), "
             f"{cfg.optimizer}, rate {START_RATE:g} .. {END_RATE:g}")
         curve = range_test(fit_model, train_ds.repeat(), steps, weights, log=log)

@@ -83,11 +83,21 @@ def _save_failed_result(config, failed: Exception, started_at: float) -> None:
     print(f"run result: {path}")
 
 
+def _lr_find_steps(value: str) -> int:
+    from xfer.components.lr_find import MIN_STEPS, STEPS_LIMIT
+
+    if not value.isdigit() or not MIN_STEPS <= int(value) <= STEPS_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a whole number of steps from {MIN_STEPS} (fewer points make no curve) to "
+            f"{STEPS_LIMIT}, e.g. --steps 50")
+    return int(value)
+
+
 def cmd_lr_find(args) -> int:
     from xfer.pipeline.lr_find import lr_find
 
     config = load_config(args.config, args.overrides)
-    for line in lr_find(config, args.phase):
+    for line in lr_find(config, args.phase, args.steps):
         print(line.replace("{config}", args.config))
     return 0
 
@@ -275,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="A learning-rate range test (Leslie Smith; fastai's lr_find) on a "
                                    "throwaway copy of the Trainer's model: the pipeline runs up to "
                                    "Transform (from cache when unchanged), then the rate grows "
-                                   "exponentially from 1e-7 to 10 over up to 100 steps on the train "
+                                   "exponentially from 1e-7 to 10 over up to 100 steps (--steps) on the train "
                                    "split, through the Trainer's input pipeline, model and optimizer, "
                                    "stopping once the smoothed loss passes 4x its minimum. Prints the "
                                    "suggested rate (the steepest descent of the smoothed loss) and the "
@@ -287,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transfer: base frozen, the head's rate (train.transfer.learning_rate); "
                         "fine_tune: phase 1 first for its configured epochs, then the top of the base "
                         "unfrozen (train.fine_tune.learning_rate). Default: transfer")
+    p.add_argument("--steps", type=_lr_find_steps, default=None, metavar="N",
+                   help="steps of the test, 20 to 1000 (fewer on a split too small for 3 passes); "
+                        "fewer steps, a coarser curve. Default: 100, as fastai")
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("runs", help="list past local runs from the metadata store",

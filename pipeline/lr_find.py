@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import types
+from typing import Optional
 
 from xfer.pipeline.config import Config, ConfigError
 
@@ -36,7 +37,7 @@ def trainer_inputs(metadata_path: str, pipeline_name: str, run_id: str) -> dict:
     return found
 
 
-def lr_find(config: Config, phase: str) -> list[str]:
+def lr_find(config: Config, phase: str, steps: Optional[int] = None) -> list[str]:
     from xfer.components import lr_find as finder
     from xfer.pipeline.pipeline import code_fingerprint
     from xfer.pipeline.runners import run_local
@@ -55,7 +56,7 @@ def lr_find(config: Config, phase: str) -> list[str]:
         custom_config=None)
     settings = config.trainer_settings(code_fingerprint())
     try:
-        result = finder.find(settings, fn_args, phase)
+        result = finder.find(settings, fn_args, phase, steps=steps or finder.MAX_STEPS)
     except finder.LrFindError as e:
         raise ConfigError(str(e)) from None
     s = result.suggestion

@@ -68,6 +68,7 @@ def test_smoothing_has_no_lag():
 
 def test_steps_and_the_examples_needed():
     assert lr_find.plan_steps(45) == 100 and lr_find.plan_steps(10) == 30
+    assert lr_find.plan_steps(45, 50) == 50 and lr_find.plan_steps(10, 50) == 30  # --steps 50
     assert lr_find.min_train_examples(32) == 224
     r = lr_find.rates(100)
     assert r[0] == pytest.approx(1e-7) and r[-1] == pytest.approx(10.0)
@@ -84,6 +85,12 @@ def test_unknown_phase_and_phase_2_off_are_one_clear_error_each(tmp_path):
             "train.fine_tune.epochs is 3), so it has no rate to find; use --phase transfer, or turn phase 2 "
             "on with --set train.fine_tune.enabled=true") in p.stderr, p.stderr
     assert not (tmp_path / "metadata.sqlite").exists()  # refused before any step
+    for bad in ("5", "1001", "many", "-50"):
+        p = xfer("lr-find", "--config", "demo", "--set", f"root={tmp_path}", "--steps", bad, check=False)
+        assert p.returncode == 2, p.stderr
+        assert (f"argument --steps: {bad!r}: give a whole number of steps from 20 (fewer points make no curve) "
+                "to 1000, e.g. --steps 50") in p.stderr, p.stderr
+    assert not (tmp_path / "metadata.sqlite").exists()
 
 
 @pytest.mark.integration
@@ -119,14 +126,16 @@ def _train(root, found, overrides, out):
 @pytest.mark.timeout(2400)
 def test_the_suggested_rate_trains_vgg16_on_digits_at_least_as_well_as_the_demos(tmp_path):
     """The demo (digits, VGG16 from random init, 32 px; phase 1 one epoch, then the whole base
-    fine-tuned at the hand-picked 1e-4), with fine-tuning cut to 1 epoch for time: lr-find's
+    fine-tuned at the hand-picked 1e-4), with fine-tuning cut to 1 epoch and the range test to
+    50 steps (--steps) for time: lr-find's
     fine_tune suggestion must reach at least the hand-picked rate's eval accuracy."""
     from xfer.pipeline.lr_find import trainer_inputs
     from xfer.pipeline.store import find_run, open_store
 
     root = tmp_path / "root"
     small = ["--set", "train.fine_tune.epochs=1"]
-    out = xfer("lr-find", "--config", "demo", "--set", f"root={root}", *small, "--phase", "fine_tune").stdout
+    out = xfer("lr-find", "--config", "demo", "--set", f"root={root}", *small, "--phase", "fine_tune",
+               "--steps", "50").stdout
     print(out[-1500:])
     rate = float(re.search(r"suggested train\.fine_tune\.learning_rate: ([0-9.e+-]+) \(", out).group(1))
     assert f"use it: xfer run --config demo --set train.fine_tune.learning_rate={rate:.2g}" in out
@@ -134,7 +143,8 @@ def test_the_suggested_rate_trains_vgg16_on_digits_at_least_as_well_as_the_demos
     (folder,) = (root / "reports" / "lr_find").iterdir()
     points = json.loads((folder / "lr_find.json").read_text())
     assert points["suggestion"]["rate"] == pytest.approx(rate, rel=0.05)
-    assert 20 <= len(points["rates"]) <= 100 and points["rates"][0] == pytest.approx(1e-7)
+    assert 20 <= len(points["rates"]) <= 50 and points["rates"][0] == pytest.approx(1e-7)
+    assert "lr-find fine_tune: 50 steps of batch 32" in out, out
     with Image.open(folder / "lr_find.png") as img:
         assert img.format == "PNG" and img.size[0] > 300
     # A throwaway model: the steps up to Transform ran, nothing of a Trainer was left behind.
