@@ -23,7 +23,7 @@ demo: install
 	$(XFER) run --config demo
 
 test: install
-	$(VENV)/bin/python -m pytest -v -rs --durations=30 -n 2 --dist loadfile -m "not container" tests
+	$(VENV)/bin/python -m pytest -v -rs --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not container" tests
 
 # The compiled Kubeflow pipeline run by KFP's own local executor (kfp.local, DockerRunner)
 # in containers of the project image, twice; and the image's runtime user checked
