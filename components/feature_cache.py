@@ -23,18 +23,6 @@ def wanted(setting: str, augments: bool) -> bool:
     return setting == "on" or (setting == "auto" and not augments)
 
 
-# The extraction is inference only: no gradients or optimizer state share the memory, so it
-# runs at a larger batch than training, as Keras `predict` runs fastest (bench/serving.py
-# measures 32, 64 and 128; bench/RESULTS.md).
-EXTRACT_BATCH = 128
-
-
-def extract_batch(train_batch: int, on_tpu: bool) -> int:
-    """The extraction's batch: EXTRACT_BATCH, never below the training batch; on a TPU the
-    training batch (shapes are static there, and it is known to fit)."""
-    return train_batch if on_tpu else max(train_batch, EXTRACT_BATCH)
-
-
 def extractor(features_model: tf.keras.Model):
     """One traced function for every split and batch size: tracing MobileNetV2 costs
     seconds, and a function per split and per last partial batch traced it four times."""

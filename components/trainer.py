@@ -188,13 +188,12 @@ class Run:
     def logs_dir(self) -> str:
         return os.path.join(self.fn_args.model_run_dir, "logs")
 
-    def images(self, split: str, *, training: bool, batch_size: Optional[int] = None) -> tf.data.Dataset:
+    def images(self, split: str, *, training: bool) -> tf.data.Dataset:
         files = self.fn_args.train_files if split == "train" else self.fn_args.eval_files
         # TPUs need static shapes everywhere, eval included. Elsewhere the last partial
         # batch is trained on: a split smaller than one batch still trains.
         return inputs.make_dataset(
-            files, self.tft_output, batch_size=batch_size or self.train.batch_size, training=training,
-            seed=self.train.seed,
+            files, self.tft_output, batch_size=self.train.batch_size, training=training, seed=self.train.seed,
             shuffle_buffer=self.train.shuffle_buffer, augmenter=self.augmenter if training else None,
             repeat=training and self.steps is not None, drop_remainder=self.on_tpu,
             mixer=self.mixer if training else None)
@@ -278,9 +277,8 @@ def _cached_features(run: Run, classifier: tf.keras.Model):
     with run.chosen.strategy.scope():
         features_model, head = model_lib.split_at_pool(classifier)
     predict = feature_cache.extractor(features_model)
-    batch = feature_cache.extract_batch(run.train.batch_size, run.on_tpu)
-    train_x, train_y = feature_cache.extract(predict, run.images("train", training=False, batch_size=batch))
-    eval_x, eval_y = feature_cache.extract(predict, run.images("eval", training=False, batch_size=batch))
+    train_x, train_y = feature_cache.extract(predict, run.images("train", training=False))
+    eval_x, eval_y = feature_cache.extract(predict, run.images("eval", training=False))
     if not feature_cache.fits(train_x, eval_x):
         print("[xfer] transfer: features too large to cache in memory; training on images", flush=True)
         return None
