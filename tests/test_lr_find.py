@@ -130,7 +130,8 @@ def _train(root, found, overrides, out):
 def test_the_suggested_rate_trains_vgg16_on_digits_at_least_as_well_as_the_demos(tmp_path):
     """The demo (digits, VGG16 from random init, 32 px; phase 1 one epoch, then the whole base
     fine-tuned at the hand-picked 1e-4), with fine-tuning cut to 1 epoch for time: lr-find's
-    fine_tune suggestion must reach at least the hand-picked rate's eval accuracy."""
+    fine_tune suggestion must reach the hand-picked rate's eval accuracy, judged beyond the
+    run-to-run spread of one epoch (NOISE), and clearly learn (above 0.5)."""
     from xfer.pipeline.lr_find import trainer_inputs
     from xfer.pipeline.store import find_run, open_store
 
