@@ -17,8 +17,10 @@ from xfer.pipeline.config import load_config
 if __name__ == "__main__":
     root, out, config = sys.argv[1:4]
     cfg = load_config(config, sys.argv[4:])
-    examples = sorted(glob.glob(f"{root}/ImportExampleGen/examples/*"))[-1]
-    graph = sorted(glob.glob(f"{root}/Transform/transform_graph/*"))[-1]
+    # What the pipeline's Trainer reads: DataCheck's checked examples, with its counts
+    # beside them (steps_per_execution auto sizes the epoch from them).
+    examples = max(glob.glob(f"{root}/DataCheck/checked_examples/*"), key=lambda p: int(p.rsplit("/", 1)[1]))
+    graph = max(glob.glob(f"{root}/Transform/transform_graph/*"), key=lambda p: int(p.rsplit("/", 1)[1]))
     settings = cfg.trainer_settings(code_fingerprint="bench")
     run_fn(FnArgs(train_files=[f"{examples}/Split-train/*"], eval_files=[f"{examples}/Split-eval/*"],
                   transform_graph_path=graph, serving_model_dir=f"{out}/serving",

@@ -6,7 +6,7 @@ so the code inside a step reads typed attributes, never nested dicts.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -243,7 +243,18 @@ class TrainConfig(_Strict):
         None, description="Devices for the mirrored strategy (default: all GPUs).")
     mixed_precision: Literal["auto", "off", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_bfloat16 on TPU, mixed_float16 on GPU, off on CPU.")
-    steps_per_execution: int = Field(1, ge=1, description="Batches per compiled call (TPUs want many).")
+    steps_per_execution: Union[Literal["auto"], int] = Field(
+        "auto", description="Batches per compiled call. auto: up to 50 when DataCheck's counts size the "
+                            "epoch (nothing extra is read), else 1. A number: that many (TPUs want many), "
+                            "counting the records in one read when no counts exist.")
+    @field_validator("steps_per_execution", mode="before")
+    @classmethod
+    def _auto_or_whole(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"{v!r} is not a choice: give auto (up to 50 batches per call when DataCheck "
+                         "counted the examples) or a whole number of batches per compiled call, 1 or more, e.g. 50")
+
     resume: bool = Field(
         True, description="Back up training state every epoch and resume from it when a killed "
                           "Trainer is re-run with the same inputs.")

@@ -121,7 +121,7 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         # last phase's optimizer, sparse cross-entropy and accuracy, as without a recipe.
         last = t.fine_tune if t.fine_tune.enabled and t.fine_tune.epochs else t.transfer
         with chosen.strategy.scope():
-            model_lib.compile_for(classifier, last.optimizer, last.learning_rate, t.steps_per_execution)
+            model_lib.compile_for(classifier, last.optimizer, last.learning_rate, run.steps_per_execution)
     _export(fn_args, s, classifier, tft_output, names, history, started_from)
     if t.reports:
         _reports(run, classifier, history, names)
@@ -143,6 +143,8 @@ class Run:
     class_weight: Optional[dict] = None
     # MixUp/CutMix on training batches (recipe.mixer), or None.
     mixer: Optional[Callable] = None
+    # Batches per compiled call: train.steps_per_execution with `auto` resolved.
+    steps_per_execution: int = 1
     _epoch_steps: Optional[int] = field(default=None, repr=False)
     _n_train: Optional[int] = field(default=None, repr=False)
 
@@ -152,19 +154,32 @@ class Run:
         augmenter = augment.build_augmenter(t.augment, t.seed)
         mixer = recipe.mixer(t.augment, num_classes, t.seed) if num_classes else None
         steps, val_steps = t.steps_per_epoch, None
-        spe = t.steps_per_execution
+        spe, on_tpu = t.steps_per_execution, chosen.kind == "tpu"
+        # Keras runs `spe` steps per call and must know how many an epoch has, for eval
+        # too; a TFRecord dataset does not say. DataCheck counted the records it kept.
+        if spe == "auto":
+            counted, source = examples_per_split(fn_args, count=False)
+            if counted is None:
+                spe = 1
+                print(f"[xfer] steps_per_execution auto: 1 ({source}; a number in "
+                      "train.steps_per_execution counts the records in one read)", flush=True)
+            else:
+                epoch = steps or batches(counted[0], t.batch_size, on_tpu)
+                spe = min(AUTO_STEPS_PER_EXECUTION, epoch)
+        else:
+            counted = None
         if spe > 1:
-            # Keras runs `spe` steps per call and must know how many an epoch has, for eval
-            # too; a TFRecord dataset does not say. DataCheck counted the records it kept.
-            (n_train, n_eval), source = examples_per_split(fn_args)
-            on_tpu = chosen.kind == "tpu"
+            if counted is None:
+                counted, source = examples_per_split(fn_args)
+            n_train, n_eval = counted
             if steps is None:
                 steps = batches(n_train, t.batch_size, on_tpu)
             val_steps = batches(n_eval, t.batch_size, on_tpu)
-            print(f"[xfer] steps_per_execution {spe}: {n_train} train / {n_eval} eval examples ({source}), "
+            how = " (auto)" if t.steps_per_execution == "auto" else ""
+            print(f"[xfer] steps_per_execution {spe}{how}: {n_train} train / {n_eval} eval examples ({source}), "
                   f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
         return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
-                   resume.backup_dir(fn_args) if t.resume else None, class_weight, mixer)
+                   resume.backup_dir(fn_args) if t.resume else None, class_weight, mixer, spe)
 
     def epoch_steps(self) -> int:
         """Optimizer steps in an epoch, for a learning-rate schedule: train.steps_per_epoch,
@@ -206,17 +221,20 @@ class Run:
         return cbs + [EpochLog(phase.replace("_", "-"), self.train.batch_size)]
 
 
+AUTO_STEPS_PER_EXECUTION = 50  # train.steps_per_execution: auto, when DataCheck counted the examples
+
+
 def batches(n: int, batch_size: int, on_tpu: bool) -> int:
     """Steps to go over n examples once (at least 1). Only a TPU drops the last partial
     batch (static shapes)."""
     return max(1, n // batch_size if on_tpu else -(-n // batch_size))
 
 
-def examples_in(files: list[str]) -> tuple[int, str]:
+def examples_in(files: list[str], count: bool = True) -> tuple[Optional[int], str]:
     """(examples, where the figure comes from) of one split: DataCheck's count of the
     records it kept (components/data_check.py, label_counts.json beside the examples),
     so sizing an epoch reads nothing; examples from elsewhere (no counts) are counted by
-    one read of the records."""
+    one read of the records, or with count=False are (None, why)."""
     from xfer.components.data_check import read_label_counts
 
     split_dir = os.path.dirname(files[0])  # <examples uri>/Split-<name>
@@ -227,12 +245,18 @@ def examples_in(files: list[str]) -> tuple[int, str]:
             return n, "DataCheck's counts"
     except (OSError, KeyError, ValueError, tf.errors.OpError):
         pass  # examples not from DataCheck: count them
+    if not count:
+        return None, f"no DataCheck counts beside {split_dir}"
     return inputs.count_records(files), "counted"
 
 
-def examples_per_split(fn_args) -> tuple[tuple[int, int], str]:
-    """((train, eval) examples, where the figures come from): examples_in for each split."""
-    (n_train, train_source), (n_eval, eval_source) = examples_in(fn_args.train_files), examples_in(fn_args.eval_files)
+def examples_per_split(fn_args, count: bool = True) -> tuple[Optional[tuple[int, int]], str]:
+    """((train, eval) examples, where the figures come from): examples_in for each split;
+    with count=False, (None, why) when either split has no DataCheck counts."""
+    (n_train, train_source), (n_eval, eval_source) = (examples_in(fn_args.train_files, count),
+                                                      examples_in(fn_args.eval_files, count))
+    if n_train is None or n_eval is None:
+        return None, train_source if n_train is None else eval_source
     source = train_source if train_source == eval_source else f"train: {train_source}, eval: {eval_source}"
     return (n_train, n_eval), source
 
@@ -249,7 +273,7 @@ def run_phase(run: Run, name: str, phase: Union[TransferConfig, FineTuneConfig],
     steps = run.epoch_steps() if recipe.needs_schedule(phase) else None
     print(recipe.describe(name, phase, t.label_smoothing, t.augment, steps), flush=True)
     with run.chosen.strategy.scope():
-        model_lib.compile_for(model, phase.optimizer, recipe.learning_rate(phase, steps), t.steps_per_execution,
+        model_lib.compile_for(model, phase.optimizer, recipe.learning_rate(phase, steps), run.steps_per_execution,
                               label_smoothing=t.label_smoothing, soft_targets=run.mixer is not None,
                               base_variables=base_variables, base_lr_factor=getattr(phase, "base_lr_factor", 1.0))
     # class_weight weights the training loss only (on images or on cached features alike:

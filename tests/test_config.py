@@ -190,3 +190,15 @@ def test_tta_values_and_serving_tta_needs_eval_tta():
         load_config("demo", ["eval.tta=flip"])
     with pytest.raises(ConfigError, match="serving.tta is 'flips' but eval.tta is false: .* set eval.tta: flips too"):
         load_config("demo", ["serving.tta=flips"])
+
+
+def test_steps_per_execution_is_auto_or_a_whole_number():
+    assert load_config("demo").train.steps_per_execution == "auto"
+    assert load_config("demo", ["train.steps_per_execution=50"]).train.steps_per_execution == 50
+    # YAML reads `true` as a boolean, which pydantic would otherwise take as 1.
+    for bad in ("0", "-3", "2.5", "fast", "true", "''"):
+        with pytest.raises(ConfigError) as e:
+            load_config("demo", [f"train.steps_per_execution={bad}"])
+        msg = str(e.value)
+        assert "\n" not in msg and "train.steps_per_execution" in msg, msg
+        assert "give auto" in msg and "e.g. 50" in msg, msg

@@ -99,6 +99,9 @@ def test_cached_and_uncached_phase1_give_the_same_head(data, tmp_path, capsys):
             "epochs": 3, "learning_rate": 0.05, "optimizer": "sgd", "cache_features": mode})))
     out = capsys.readouterr().out
     assert out.count("transfer: cached base features of 96 train and 64 eval images") == 1, out
+    # The default steps_per_execution (auto) reads nothing to size an epoch: without
+    # DataCheck's counts it runs one batch per call.
+    assert out.count("steps_per_execution auto: 1 (no DataCheck counts beside ") == 2, out
     cached, _ = head_weights(str(tmp_path / "on" / "serving" / "1"))
     plain, _ = head_weights(str(tmp_path / "off" / "serving" / "1"))
     assert set(cached) == set(plain) and {n.split("/")[0] for n in cached} == {"head_dense_0", "probabilities"}
@@ -133,18 +136,43 @@ def test_early_stopping_ends_phase1_and_phase2_continues_its_timeline(data, tmp_
     assert events, "TensorBoard logs"
 
 
+def as_data_check_wrote(data, root: Path) -> dict:
+    """The same records laid out as DataCheck's output artifact: Split-<name> folders and
+    its label_counts.json beside them."""
+    import shutil
+    counts = {}
+    for split in ("train", "eval"):
+        (root / f"Split-{split}").mkdir(parents=True)
+        shutil.copy(data["root"] / split / "data.gz", root / f"Split-{split}" / "data.gz")
+        for _, _, label in data["splits"][split]:
+            counts.setdefault(split, {}).setdefault(str(label), 0)
+            counts[split][str(label)] += 1
+    (root / "label_counts.json").write_text(json.dumps(counts))
+    return {**data, "train": [str(root / "Split-train" / "*")], "eval": [str(root / "Split-eval" / "*")]}
+
+
 @pytest.mark.integration
-def test_steps_per_execution_trains_every_batch_and_validates_on_every_eval_example(data, tmp_path, capsys):
-    """Keras cannot size a TFRecord dataset, and with steps_per_execution > 1 it must:
-    the Trainer counts the examples. 96 train / 16 = 6 steps an epoch, 64 eval = 4 eval steps."""
+@pytest.mark.parametrize("setting, layout, line", [
+    # Examples not from DataCheck (no counts beside them): a number counts them in one read.
+    (4, "plain", "steps_per_execution 4: 96 train / 64 eval examples (counted), 6 steps an epoch, 4 eval steps"),
+    # The default: DataCheck's counts size the epoch, nothing is read; 6 steps an epoch
+    # caps the execution at 6, and Keras cuts the last eval execution to the 4 eval steps.
+    ("auto", "data_check", "steps_per_execution 6 (auto): 96 train / 64 eval examples (DataCheck's counts), "
+                           "6 steps an epoch, 4 eval steps"),
+])
+def test_steps_per_execution_trains_every_batch_and_validates_on_every_eval_example(
+        data, tmp_path, capsys, setting, layout, line):
+    """Keras cannot size a TFRecord dataset, and with steps_per_execution > 1 it must.
+    96 train / 16 = 6 steps an epoch, 64 eval = 4 eval steps."""
     from xfer.components.trainer import run_fn
+    if layout == "data_check":
+        data = as_data_check_wrote(data, tmp_path / "checked")
     args = fn_args(data, tmp_path, trainer_config(
-        data, steps_per_execution=4, transfer={"epochs": 2, "learning_rate": 0.01},
+        data, steps_per_execution=setting, transfer={"epochs": 2, "learning_rate": 0.01},
         fine_tune={"enabled": True, "epochs": 2, "learning_rate": 1e-3, "fraction": 0.1}))
     run_fn(args)
     out = capsys.readouterr().out
-    # Examples not from DataCheck (no counts beside them): counted by one read.
-    assert "steps_per_execution 4: 96 train / 64 eval examples (counted), 6 steps an epoch, 4 eval steps" in out, out
+    assert line in out, out
     assert "fine-tune epoch 4:" in out and "fine-tune epoch 5:" not in out, out
     history = json.load(open(os.path.join(args.model_run_dir, "history.json")))["history"]
     assert len(history["transfer"]["loss"]) == 2 and len(history["fine_tune"]["loss"]) == 2
