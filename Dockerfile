@@ -43,6 +43,7 @@ ARG BAKE_IMAGE_SIZE=224
 ENV VIRTUAL_ENV=/opt/xfer/.venv \
     PATH=/opt/xfer/.venv/bin:$PATH \
     TF_USE_LEGACY_KERAS=1 \
+    TF_ENABLE_ONEDNN_OPTS=1 \
     KERAS_HOME=/opt/keras \
     PYTHONUNBUFFERED=1
 COPY --from=build /opt/xfer/.venv /opt/xfer/.venv

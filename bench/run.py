@@ -214,6 +214,11 @@ def main() -> None:
             p2[side].append(trainer_alone(work / "phase2" / f"{side}{i}", *phase2, *extra))
     # Every epoch after each run's first (which pays for tracing), pooled per side.
     p2_rates = {side: [r for w in runs for r in epoch_rates(w.text)["fine-tune"][1:]] for side, runs in p2.items()}
+    print("[bench] phase 2 profiled: one steady epoch of the Trainer traced ...", flush=True)
+    profiled = Watched([PY, str(REPO / "bench" / "profile_phase2.py"), str(root / "pipeline_root"),
+                        str(work / "phase2" / "profiled"), *sets, "train.transfer.epochs=1",
+                        "train.fine_tune.epochs=3"]).run()
+    profile_md = profiled.text[profiled.text.index("### Phase 2 profiled"):]
 
     print("[bench] spans: ImportExampleGen + DataCheck without spans, one span (drift check), a window of two ...",
           flush=True)
@@ -270,6 +275,7 @@ def main() -> None:
     print("[bench] cost as data grows: 2,000, 20,000, 100,000 images ...", flush=True)
     scale = Watched([PY, str(REPO / "bench" / "scale.py"), str(work)]).run()
     scale_md = scale.text[scale.text.index("### Cost as data grows"):]
+    (logs / "profile_phase2.log").write_text(profiled.text + "\n")
     (logs / "photos.log").write_text(photos.text + "\n")
     (logs / "scale.log").write_text(scale.text + "\n")
     utilization = {side: [fine_tune_utilization(w) for w in runs] for side, runs in p2.items()}
@@ -371,6 +377,8 @@ def main() -> None:
         + ", ".join(f"{u * 100:.0f}%" for u in utilization["baseline"]) + "; Trainer "
         + ", ".join(f"{u * 100:.0f}%" for u in utilization["xfer"]) + f"; Trainer with steps_per_execution {SPE} "
         + ", ".join(f"{u * 100:.0f}%" for u in utilization["xfer_spe"]) + ".",
+        "",
+        profile_md.rstrip(),
         "",
         photos_md.rstrip(),
         "",
