@@ -39,6 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 XFER = str(Path(PY).parent / "xfer")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+# The baseline is the script a tutorial user writes, under TensorFlow's own defaults; xfer
+# turns oneDNN's kernels on (components/__init__.py), so the baseline is also run with them.
+ENV.pop("TF_ENABLE_ONEDNN_OPTS", None)
+ONEDNN = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"}
 EPOCH = re.compile(r"\[(?:xfer|baseline)\] (transfer|fine-tune) epoch (\d+):.* ([\d.]+) images/s")
 # Phase 2 throughput: each fine-tune epoch here is about 3 s, and consecutive epochs
 # differ by up to 15%; 2 x 2 alternated runs of 6 epochs give 10 steady epochs a side.
@@ -53,13 +57,14 @@ class Watched:
     """Runs a command, timestamps its output lines, and samples the process tree's
     memory and CPU time every 0.1 s."""
 
-    def __init__(self, cmd: list[str]):
+    def __init__(self, cmd: list[str], env: dict | None = None):
         self.cmd, self.lines, self.samples, self.peak_rss = cmd, [], [], 0
+        self.env = ENV if env is None else env
 
     def run(self) -> "Watched":
         start = time.perf_counter()
         proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO, env=ENV)
+                                cwd=REPO, env=self.env)
         done = threading.Event()
         sampler = threading.Thread(target=self._sample, args=(proc.pid, start, done), daemon=True)
         sampler.start()
@@ -204,12 +209,13 @@ def main() -> None:
           for mode in ("on", "off")}
 
     print(f"[bench] phase 2 throughput, baseline and Trainer alternated, {ROUNDS} rounds ...", flush=True)
-    p2: dict = {"baseline": [], "xfer": [], "xfer_spe": []}
+    p2: dict = {"baseline": [], "baseline_onednn": [], "xfer": [], "xfer_spe": []}
     # Phase 1 is one epoch on cached features, so each run gets to phase 2 quickly.
     phase2 = ["train.transfer.epochs=1", f"train.fine_tune.epochs={FINE_TUNE_EPOCHS}"]
     for i in range(ROUNDS):
-        p2["baseline"].append(Watched([PY, str(REPO / "bench" / "baseline_keras.py"), str(data),
-                                       str(work / "phase2" / f"baseline{i}"), "1", str(FINE_TUNE_EPOCHS)]).run())
+        for side, env in (("baseline", ENV), ("baseline_onednn", ONEDNN)):
+            p2[side].append(Watched([PY, str(REPO / "bench" / "baseline_keras.py"), str(data),
+                                     str(work / "phase2" / f"{side}{i}"), "1", str(FINE_TUNE_EPOCHS)], env).run())
         for side, extra in (("xfer", []), ("xfer_spe", [f"train.steps_per_execution={SPE}"])):
             p2[side].append(trainer_alone(work / "phase2" / f"{side}{i}", *phase2, *extra))
     # Every epoch after each run's first (which pays for tracing), pooled per side.
@@ -293,6 +299,12 @@ def main() -> None:
         (f"the same, with `--set train.steps_per_execution={SPE}` (one batch per compiled call, the "
          f"default before `auto`)", median(p2_rates["xfer_spe"]) / median(p2_rates["baseline"]), "", "",
          f"{median(p2_rates['xfer_spe']):.1f} / {median(p2_rates['baseline']):.1f} images/s"),
+        ("the baseline script itself with `TF_ENABLE_ONEDNN_OPTS=1` (the kernels xfer turns on) / "
+         "without", median(p2_rates["baseline_onednn"]) / median(p2_rates["baseline"]), "", "",
+         f"{median(p2_rates['baseline_onednn']):.1f} / {median(p2_rates['baseline']):.1f} images/s"),
+        ("Trainer with the defaults / the baseline script with oneDNN's kernels too (same kernels on "
+         "both sides)", median(p2_rates["xfer"]) / median(p2_rates["baseline_onednn"]), "", "",
+         f"{median(p2_rates['xfer']):.1f} / {median(p2_rates['baseline_onednn']):.1f} images/s"),
         ("phase 1 wall time, cached features / images (10 epochs, no augmentation)",
          phase_seconds(p1["on"].text) / phase_seconds(p1["off"].text), "<= 0.25", "<= 0.1",
          f"{phase_seconds(p1['on'].text):.1f} s / {phase_seconds(p1['off'].text):.1f} s"),
@@ -330,6 +342,9 @@ def main() -> None:
             per_phase.append(f"| fine-tune, alternated run {i + 1}{label} "
                              f"| {', '.join(f'{r:.0f}' for r in epoch_rates(p2[side][i].text)['fine-tune'])} "
                              f"| {', '.join(f'{r:.0f}' for r in epoch_rates(p2['baseline'][i].text)['fine-tune'])} |")
+    for i in range(ROUNDS):
+        per_phase.append(f"| fine-tune, alternated run {i + 1}, the baseline with TF_ENABLE_ONEDNN_OPTS=1 | "
+                         f"| {', '.join(f'{r:.0f}' for r in epoch_rates(p2['baseline_onednn'][i].text)['fine-tune'])} |")
     report = "\n".join([
         "# Benchmark results",
         "",
@@ -343,7 +358,7 @@ def main() -> None:
         *table,
         "",
         "Images/s per epoch (the first epoch of each phase includes tracing). The phase-2 ratio is "
-        f"taken from the alternated runs (baseline, Trainer, Trainer with steps_per_execution {SPE}, "
+        f"taken from the alternated runs (baseline, baseline with oneDNN, Trainer, Trainer with steps_per_execution {SPE}, "
         "baseline, ...): one epoch is about 3 s here and consecutive ones differ by up to 15%, so the cold run's four steady "
         "epochs a side, minutes apart, are shown but not used for it:",
         "",
@@ -374,7 +389,8 @@ def main() -> None:
         "",
         "CPU use over the steady phase-2 epochs of the alternated runs (CPU seconds of the process tree / "
         f"wall / {os.cpu_count()} cores): baseline script "
-        + ", ".join(f"{u * 100:.0f}%" for u in utilization["baseline"]) + "; Trainer "
+        + ", ".join(f"{u * 100:.0f}%" for u in utilization["baseline"]) + "; baseline with oneDNN's kernels "
+        + ", ".join(f"{u * 100:.0f}%" for u in utilization["baseline_onednn"]) + "; Trainer "
         + ", ".join(f"{u * 100:.0f}%" for u in utilization["xfer"]) + f"; Trainer with steps_per_execution {SPE} "
         + ", ".join(f"{u * 100:.0f}%" for u in utilization["xfer_spe"]) + ".",
         "",
