@@ -83,14 +83,21 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
             ok = tf.logical_and(ok, tf.equal(errors_before, ""))
         good = tf.where(ok)  # [k, 1]
         pixels = tf.gather_nd(guarded.images, good)
-        if tta == "flips":
-            # One call on [images; mirrored images] (BatchNorm is in inference mode, so the
-            # batch's makeup does not matter), then the mean of the two softmax outputs.
-            k = tf.shape(pixels)[0]
-            both = model(tf.concat([pixels, tf.image.flip_left_right(pixels)], axis=0), training=False)
-            probabilities = (both[:k] + both[k:]) / 2.0
-        else:
-            probabilities = model(pixels, training=False)
+
+        def predict():
+            if tta == "flips":
+                # One call on [images; mirrored images] (BatchNorm is in inference mode, so
+                # the batch's makeup does not matter), then the mean of the two softmax outputs.
+                k = tf.shape(pixels)[0]
+                both = model(tf.concat([pixels, tf.image.flip_left_right(pixels)], axis=0), training=False)
+                return (both[:k] + both[k:]) / 2.0
+            return model(pixels, training=False)
+
+        # The model never sees an empty batch (an empty request, or every image refused):
+        # oneDNN's CPU kernels, TensorFlow's default on recent x86 CPUs, fail on one
+        # ("input depth must be evenly divisible by filter depth").
+        probabilities = tf.cond(tf.size(good) > 0, predict,
+                                lambda: tf.zeros([0, len(class_names)], tf.float32))
         n = tf.shape(images, out_type=tf.int64)[0]
         probabilities = tf.scatter_nd(good, probabilities,
                                       tf.stack([n, tf.constant(len(class_names), tf.int64)]))
