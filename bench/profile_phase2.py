@@ -18,8 +18,8 @@ import time
 import xfer.components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
-from tfx.components.trainer.fn_args_utils import FnArgs
 
+from trainer_alone import trainer_args  # this folder: `python bench/profile_phase2.py` puts it first on sys.path
 from xfer.components import trainer
 from xfer.pipeline.config import load_config
 
@@ -133,8 +133,6 @@ def summarize(xplane_path: str) -> str:
 if __name__ == "__main__":
     root, out, config = sys.argv[1:4]
     cfg = load_config(config, sys.argv[4:])
-    examples = max(glob.glob(f"{root}/DataCheck/checked_examples/*"), key=lambda p: int(p.rsplit("/", 1)[1]))
-    graph = max(glob.glob(f"{root}/Transform/transform_graph/*"), key=lambda p: int(p.rsplit("/", 1)[1]))
     logdir = os.path.join(out, "profile")
     first_fine_tune = cfg.train.transfer.epochs
     profiler = ProfileOneEpoch(logdir, first_fine_tune + PROFILED_EPOCH - 1)
@@ -145,10 +143,7 @@ if __name__ == "__main__":
         return cbs + [profiler] if phase == "fine_tune" else cbs
 
     trainer.Run.callbacks = with_profiler
-    trainer.run_fn(FnArgs(train_files=[f"{examples}/Split-train/*"], eval_files=[f"{examples}/Split-eval/*"],
-                          transform_graph_path=graph, serving_model_dir=f"{out}/serving",
-                          model_run_dir=f"{out}/run",
-                          custom_config=cfg.trainer_settings(code_fingerprint="bench").model_dump(mode="json")))
+    trainer.run_fn(trainer_args(root, out, cfg))
     traces = glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))
     print("### Phase 2 profiled\n")
     print(summarize(max(traces, key=os.path.getmtime)))

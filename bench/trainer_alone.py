@@ -14,14 +14,22 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from xfer.components.trainer import run_fn
 from xfer.pipeline.config import load_config
 
+def _newest(pattern: str) -> str:
+    """The artifact folder with the highest execution id (ids are numbers: 10 after 9)."""
+    return max(glob.glob(pattern), key=lambda p: int(p.rsplit("/", 1)[1]))
+
+
+def trainer_args(root: str, out: str, cfg) -> FnArgs:
+    """The Trainer's inputs from a finished bench run under `root` (its pipeline root),
+    its outputs under `out`. It reads what the pipeline's Trainer reads: DataCheck's checked
+    examples, with its counts beside them (steps_per_execution auto sizes the epoch from them)."""
+    examples = _newest(f"{root}/DataCheck/checked_examples/*")
+    return FnArgs(train_files=[f"{examples}/Split-train/*"], eval_files=[f"{examples}/Split-eval/*"],
+                  transform_graph_path=_newest(f"{root}/Transform/transform_graph/*"),
+                  serving_model_dir=f"{out}/serving", model_run_dir=f"{out}/run",
+                  custom_config=cfg.trainer_settings(code_fingerprint="bench").model_dump(mode="json"))
+
+
 if __name__ == "__main__":
     root, out, config = sys.argv[1:4]
-    cfg = load_config(config, sys.argv[4:])
-    # What the pipeline's Trainer reads: DataCheck's checked examples, with its counts
-    # beside them (steps_per_execution auto sizes the epoch from them).
-    examples = max(glob.glob(f"{root}/DataCheck/checked_examples/*"), key=lambda p: int(p.rsplit("/", 1)[1]))
-    graph = max(glob.glob(f"{root}/Transform/transform_graph/*"), key=lambda p: int(p.rsplit("/", 1)[1]))
-    settings = cfg.trainer_settings(code_fingerprint="bench")
-    run_fn(FnArgs(train_files=[f"{examples}/Split-train/*"], eval_files=[f"{examples}/Split-eval/*"],
-                  transform_graph_path=graph, serving_model_dir=f"{out}/serving",
-                  model_run_dir=f"{out}/run", custom_config=settings.model_dump(mode="json")))
+    run_fn(trainer_args(root, out, load_config(config, sys.argv[4:])))

@@ -11,9 +11,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # oneDNN's CPU kernels. On Linux, TensorFlow turns them on by default only on CPUs with
-# AVX-512 VNNI or BF16, AVX-VNNI or AMX (DefaultOneDnnPolicy in tensorflow/core/util/
-# port.cc); on this 2-core AVX2 machine they
-# trained phase 2 of the bench's MobileNetV2 at about 245 images/s against 185 without
-# (README, Speed). Results differ from Eigen's by float round-off only. A user's own
-# TF_ENABLE_ONEDNN_OPTS=0 wins.
+# AVX-512 VNNI or BF16, AVX-VNNI or AMX (DefaultOneDnnPolicy in
+# tensorflow/core/util/port.cc); on this 2-core AVX2 machine they trained phase 2 of the
+# bench's MobileNetV2 at about 245 images/s against 185 without (README, Speed). Results
+# differ from Eigen's by float round-off only. A user's own TF_ENABLE_ONEDNN_OPTS=0 wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -11,6 +11,11 @@ from typing import Literal, NamedTuple, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# train.steps_per_execution: auto runs up to this many batches per compiled call when
+# DataCheck's counts size the epoch.
+AUTO_STEPS_PER_EXECUTION = 50
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -244,16 +249,18 @@ class TrainConfig(_Strict):
     mixed_precision: Literal["auto", "off", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_bfloat16 on TPU, mixed_float16 on GPU, off on CPU.")
     steps_per_execution: Union[Literal["auto"], int] = Field(
-        "auto", description="Batches per compiled call. auto: up to 50 when DataCheck's counts size the "
-                            "epoch (nothing extra is read), else 1. A number: that many (TPUs want many), "
-                            "counting the records in one read when no counts exist.")
+        "auto", description=f"Batches per compiled call. auto: up to {AUTO_STEPS_PER_EXECUTION} when "
+                            "DataCheck's counts size the epoch (nothing extra is read), else 1. A number: that "
+                            "many (TPUs want many), counting the records in one read when no counts exist.")
+
     @field_validator("steps_per_execution", mode="before")
     @classmethod
     def _auto_or_whole(cls, v):
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return v
-        raise ValueError(f"{v!r} is not a choice: give auto (up to 50 batches per call when DataCheck "
-                         "counted the examples) or a whole number of batches per compiled call, 1 or more, e.g. 50")
+        raise ValueError(f"{v!r} is not a choice: give auto (up to {AUTO_STEPS_PER_EXECUTION} batches per call "
+                         "when DataCheck counted the examples) or a whole number of batches per compiled call, "
+                         "1 or more, e.g. 50")
 
     resume: bool = Field(
         True, description="Back up training state every epoch and resume from it when a killed "

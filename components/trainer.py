@@ -21,7 +21,8 @@ import tensorflow_transform as tft
 
 from xfer.components import (augment, class_weights, export, feature_cache, inputs, keras_setup,  # noqa: F401
                              labels, model as model_lib, recipe, reports, resume, strategy as strategy_lib)
-from xfer.components.settings import EarlyStoppingConfig, FineTuneConfig, TrainConfig, TrainerSettings, TransferConfig
+from xfer.components.settings import (AUTO_STEPS_PER_EXECUTION, EarlyStoppingConfig, FineTuneConfig, TrainConfig,
+                                      TrainerSettings, TransferConfig)
 
 
 class EpochLog(tf.keras.callbacks.Callback):
@@ -157,6 +158,7 @@ class Run:
         spe, on_tpu = t.steps_per_execution, chosen.kind == "tpu"
         # Keras runs `spe` steps per call and must know how many an epoch has, for eval
         # too; a TFRecord dataset does not say. DataCheck counted the records it kept.
+        counted = None
         if spe == "auto":
             counted, source = examples_per_split(fn_args, count=False)
             if counted is None:
@@ -164,10 +166,7 @@ class Run:
                 print(f"[xfer] steps_per_execution auto: 1 ({source}; a number in "
                       "train.steps_per_execution counts the records in one read)", flush=True)
             else:
-                epoch = steps or batches(counted[0], t.batch_size, on_tpu)
-                spe = min(AUTO_STEPS_PER_EXECUTION, epoch)
-        else:
-            counted = None
+                spe = min(AUTO_STEPS_PER_EXECUTION, steps or batches(counted[0], t.batch_size, on_tpu))
         if spe > 1:
             if counted is None:
                 counted, source = examples_per_split(fn_args)
@@ -219,9 +218,6 @@ class Run:
         if self.train.reports:
             cbs.append(tf.keras.callbacks.TensorBoard(self.logs_dir, profile_batch=0, write_graph=False))
         return cbs + [EpochLog(phase.replace("_", "-"), self.train.batch_size)]
-
-
-AUTO_STEPS_PER_EXECUTION = 50  # train.steps_per_execution: auto, when DataCheck counted the examples
 
 
 def batches(n: int, batch_size: int, on_tpu: bool) -> int:
