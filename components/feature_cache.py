@@ -15,6 +15,12 @@ from xfer.components import inputs
 
 # from_tensor_slices embeds the arrays in the graph, which is capped at 2 GB.
 MAX_BYTES = 1_500_000_000
+# A frozen graph holds the weights and is capped at 2 GB too: larger bases are not frozen.
+FREEZE_MAX_BYTES = 1_000_000_000
+# Extraction runs at least this many images per call: faster than 32 on the bench's CPU,
+# and inference at 64 holds less than training at 32, which keeps activations for the
+# gradients.
+EXTRACT_BATCH = 64
 
 
 def wanted(setting: str, augments: bool) -> bool:
@@ -23,12 +29,28 @@ def wanted(setting: str, augments: bool) -> bool:
     return setting == "on" or (setting == "auto" and not augments)
 
 
-def extractor(features_model: tf.keras.Model):
-    """One traced function for every split and batch size: tracing MobileNetV2 costs
-    seconds, and a function per split and per last partial batch traced it four times."""
+def extractor(features_model: tf.keras.Model, freeze: bool = True):
+    """features_model(x, training=False) as one function for every split and batch size
+    (tracing MobileNetV2 costs about a second; a function per split and per last partial
+    batch traced it four times).
+
+    With `freeze`, the weights go into the graph as constants (unless they are larger
+    than FREEZE_MAX_BYTES), which Grappler's constant folding can then fold ahead of the
+    run: the extraction is about a quarter faster on the bench's CPU (bench/RESULTS.md).
+    The Trainer freezes only where the model's variables live on the host or one GPU,
+    not on a TPU, whose variables the plain function reads where they are."""
     shape = [None, *features_model.input_shape[1:]]
-    return tf.function(lambda x: features_model(x, training=False),
-                       input_signature=[tf.TensorSpec(shape, tf.float32)])
+    plain = tf.function(lambda x: features_model(x, training=False),
+                        input_signature=[tf.TensorSpec(shape, tf.float32)])
+    weight_bytes = sum(int(np.prod(w.shape)) * w.dtype.size for w in features_model.weights)
+    if not freeze or weight_bytes > FREEZE_MAX_BYTES:
+        return plain
+    # TensorFlow's own freezing (the SavedModel and TFLite converters use it); it has no
+    # tf.* name in TF 2.16. tests/test_feature_cache.py checks its features against Keras'.
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(plain.get_concrete_function())
+    return lambda x: frozen(x)[0]
 
 
 def extract(predict, images: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

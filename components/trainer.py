@@ -202,12 +202,14 @@ class Run:
     def logs_dir(self) -> str:
         return os.path.join(self.fn_args.model_run_dir, "logs")
 
-    def images(self, split: str, *, training: bool) -> tf.data.Dataset:
+    def images(self, split: str, *, training: bool, batch_size: Optional[int] = None) -> tf.data.Dataset:
+        """(image, label) batches of train.batch_size, or of `batch_size` (feature extraction)."""
         files = self.fn_args.train_files if split == "train" else self.fn_args.eval_files
         # TPUs need static shapes everywhere, eval included. Elsewhere the last partial
         # batch is trained on: a split smaller than one batch still trains.
         return inputs.make_dataset(
-            files, self.tft_output, batch_size=self.train.batch_size, training=training, seed=self.train.seed,
+            files, self.tft_output, batch_size=batch_size or self.train.batch_size, training=training,
+            seed=self.train.seed,
             shuffle_buffer=self.train.shuffle_buffer, augmenter=self.augmenter if training else None,
             repeat=training and self.steps is not None, drop_remainder=self.on_tpu,
             mixer=self.mixer if training else None)
@@ -296,9 +298,12 @@ def _cached_features(run: Run, classifier: tf.keras.Model):
     start = time.perf_counter()
     with run.chosen.strategy.scope():
         features_model, head = model_lib.split_at_pool(classifier)
-    predict = feature_cache.extractor(features_model)
-    train_x, train_y = feature_cache.extract(predict, run.images("train", training=False))
-    eval_x, eval_y = feature_cache.extract(predict, run.images("eval", training=False))
+    # A TPU keeps its batches and variables as they are; elsewhere the weights are frozen
+    # into the graph and the batches are larger (feature_cache.extractor, EXTRACT_BATCH).
+    predict = feature_cache.extractor(features_model, freeze=not run.on_tpu)
+    size = None if run.on_tpu else max(feature_cache.EXTRACT_BATCH, run.train.batch_size)
+    train_x, train_y = feature_cache.extract(predict, run.images("train", training=False, batch_size=size))
+    eval_x, eval_y = feature_cache.extract(predict, run.images("eval", training=False, batch_size=size))
     if not feature_cache.fits(train_x, eval_x):
         print("[xfer] transfer: features too large to cache in memory; training on images", flush=True)
         return None
