@@ -37,8 +37,8 @@ def extractor(features_model: tf.keras.Model, freeze: bool = True):
     With `freeze`, the weights go into the graph as constants (unless they are larger
     than FREEZE_MAX_BYTES), which Grappler's constant folding can then fold ahead of the
     run: the extraction is about a quarter faster on the bench's CPU (bench/RESULTS.md).
-    The Trainer freezes only where the model's variables live on the host or one GPU,
-    not on a TPU, whose variables the plain function reads where they are."""
+    The Trainer does not freeze on a TPU, where the plain function reads the variables
+    where they live."""
     shape = [None, *features_model.input_shape[1:]]
     plain = tf.function(lambda x: features_model(x, training=False),
                         input_signature=[tf.TensorSpec(shape, tf.float32)])

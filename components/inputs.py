@@ -55,11 +55,11 @@ def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     # Shard by element across workers: a dataset may have fewer files than workers.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    # No autotuning: AUTOTUNE parallelism then means one call per core, and freeing an
-    # iterator no longer waits on the autotuner's thread. That wait took about 2.4 s,
-    # one core idle, at the end of 4 in 10 passes over the bench's images with the
-    # model running beside them (every feature extraction and every epoch's validation
-    # frees one); bench/RESULTS.md.
+    # No autotuning: AUTOTUNE parallelism then means one call per core. With the
+    # autotuner on, freeing an iterator after a full pass over the bench's images, the
+    # model running beside it, took about 2.4 s (one core idle) in about 4 passes of 10;
+    # without it, in none of 24 (bench/RESULTS.md). Every feature extraction and every
+    # epoch's validation frees one.
     options.autotune.enabled = False
     return ds.with_options(options).prefetch(AUTOTUNE)
 
