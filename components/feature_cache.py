@@ -17,9 +17,8 @@ from xfer.components import inputs
 MAX_BYTES = 1_500_000_000
 # A frozen graph holds the weights and is capped at 2 GB too: larger bases are not frozen.
 FREEZE_MAX_BYTES = 1_000_000_000
-# Extraction runs at least this many images per call: faster than 32 on the bench's CPU,
-# and inference at 64 holds less than training at 32, which keeps activations for the
-# gradients.
+# Extraction runs at least this many images per call: faster than 32 on the bench's CPU
+# (README, Speed); inference keeps only the activations in flight, none for gradients.
 EXTRACT_BATCH = 64
 
 
@@ -36,7 +35,7 @@ def extractor(features_model: tf.keras.Model, freeze: bool = True):
 
     With `freeze`, the weights go into the graph as constants (unless they are larger
     than FREEZE_MAX_BYTES), which Grappler's constant folding can then fold ahead of the
-    run: the extraction is about a quarter faster on the bench's CPU (bench/RESULTS.md).
+    run: about 720-790 against 515-634 images/s on the bench's CPU (README, Speed).
     The Trainer does not freeze on a TPU, where the plain function reads the variables
     where they live."""
     shape = [None, *features_model.input_shape[1:]]
