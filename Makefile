@@ -22,15 +22,24 @@ install: $(VENV)/.installed
 demo: install
 	$(XFER) run --config demo
 
+# Each suite runs with a TMPDIR of its own, removed after it (pytest's folders, and what
+# TensorFlow, Beam and TFX write to /tmp and do not remove); what is there besides
+# pytest's own folders is listed first, so a new leak shows in the log.
+define in_own_tmp
+	@tmp=$$(mktemp -d /tmp/xfer-test.XXXXXX); TMPDIR=$$tmp $(1); rc=$$?; \
+	echo "[make] left in TMPDIR besides pytest's folders: $$(ls -A $$tmp | grep -v '^pytest-of-' | tr '\n' ' ')"; \
+	rm -rf $$tmp; exit $$rc
+endef
+
 test: install
-	$(VENV)/bin/python -m pytest -v -rs --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not container" tests
+	$(call in_own_tmp,$(VENV)/bin/python -m pytest -v -rs --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not container" tests)
 
 # The compiled Kubeflow pipeline run by KFP's own local executor (kfp.local, DockerRunner)
 # in containers of the project image, twice; and the image's runtime user checked
 # (needs root to start dockerd; builds a debootstrap base, as Docker Hub is unreachable).
 test-container: install
 	tests/container/setup.sh
-	$(VENV)/bin/python -m pytest -v -rs -s -m container tests/container
+	$(call in_own_tmp,$(VENV)/bin/python -m pytest -v -rs -s -m container tests/container)
 
 # The project image: make image [IMAGE=...] [BASE_IMAGE=...] [VARIANT=gpu] [BAKE_WEIGHTS="vgg16"]
 # [CA_BUNDLE=/path/ca.crt, passed as a BuildKit secret, never stored in a layer]

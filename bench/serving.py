@@ -1,7 +1,8 @@
 """Serving throughput: the pushed SavedModel's serving_default on raw JPEG bytes against
 Keras predict on the same images already decoded and resized to float tensors.
 
-usage: python serving.py MODEL_DIR EVAL_TFRECORDS_GLOB   (prints two images/s figures)
+usage: python serving.py MODEL_DIR EVAL_TFRECORDS_GLOB   (prints images/s figures, each the
+median of interleaved rounds, and the rounds)
 """
 import sys
 import time
@@ -12,7 +13,7 @@ import tensorflow as tf
 
 from xfer.components.transform import decode_images
 
-BATCH, PASSES = 32, 3
+BATCH, ROUNDS = 32, 5
 
 
 def main(model_dir, pattern):
@@ -27,23 +28,30 @@ def main(model_dir, pattern):
     decoded = np.concatenate([decode_images(tf.constant(raw[i:i + BATCH]), size).numpy()
                               for i in range(0, n, BATCH)])
 
-    def timed(one_pass):
-        one_pass()  # warm-up: tracing
-        start = time.perf_counter()
-        for _ in range(PASSES):
-            one_pass()
-        return PASSES * n / (time.perf_counter() - start)
-
     # Serving: a client sends batches of files as they are; Keras: one predict call over
-    # the whole decoded array, its best case.
-    serving = timed(lambda: [serve(images=tf.constant(raw[i:i + BATCH])) for i in range(0, n, BATCH)])
-    keras = timed(lambda: keras_model.predict(decoded, batch_size=BATCH, verbose=0))
-    # Keras predict at other batch sizes: the best is the bar for phase 1's feature extraction.
-    for batch in (64, 128):
-        rate = timed(lambda: keras_model.predict(decoded, batch_size=batch, verbose=0))
-        print(f"keras_predict_decoded_batch{batch}_images_per_s {rate:.1f}")
-    print(f"serving_raw_jpeg_images_per_s {serving:.1f}")
-    print(f"keras_predict_decoded_images_per_s {keras:.1f}")
+    # the whole decoded array, its best case; Keras at other batch sizes: the best is the
+    # bar for phase 1's feature extraction.
+    passes = {
+        "serving_raw_jpeg_images_per_s":
+            lambda: [serve(images=tf.constant(raw[i:i + BATCH])) for i in range(0, n, BATCH)],
+        "keras_predict_decoded_images_per_s":
+            lambda: keras_model.predict(decoded, batch_size=BATCH, verbose=0),
+        **{f"keras_predict_decoded_batch{b}_images_per_s":
+           (lambda b=b: keras_model.predict(decoded, batch_size=b, verbose=0)) for b in (64, 128)},
+    }
+    for one_pass in passes.values():
+        one_pass()  # warm-up: tracing
+    # Interleaved rounds, one pass of each per round, so that a slow spell of the machine
+    # falls on all of them alike; each figure is its median over the rounds.
+    rates = {name: [] for name in passes}
+    for _ in range(ROUNDS):
+        for name, one_pass in passes.items():
+            start = time.perf_counter()
+            one_pass()
+            rates[name].append(n / (time.perf_counter() - start))
+    for name, values in rates.items():
+        print(f"{name} {float(np.median(values)):.1f}")
+        print(f"{name}_rounds {' '.join(f'{v:.0f}' for v in values)}")
 
 
 if __name__ == "__main__":

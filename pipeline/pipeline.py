@@ -137,6 +137,23 @@ def eval_config(config: Config) -> tfma.EvalConfig:
 BEAM_STEPS = ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator")
 
 
+def in_process_beam_args(args: list[str]) -> list[str]:
+    """The Beam args every step gets: as given when they name a runner, else with Beam's
+    in-process runner named.
+
+    Left to choose, Beam 2.72's DirectRunner first tries its Prism runner, fetching the
+    binary from GitHub where the network allows it (apache_beam/runners/direct/
+    direct_runner.py, runners/portability/prism_runner.py) and leaving a beam-temp folder
+    in /tmp where it cannot start; and with no container image or package named, TFX
+    builds a 52 MB sdist of itself in /tmp for every Beam step, about 1.7 s here
+    (tfx/utils/dependency_utils.py, make_beam_dependency_flags). A step's own process,
+    on a laptop or in a cluster's pod, wants neither.
+    """
+    if any(a.startswith("--runner") for a in args):
+        return list(args)
+    return [*args, "--runner=FnApiRunner", "--sdk_container_image=none"]
+
+
 def _cluster_settings(config: Config, components: list) -> None:
     """Per-component resources and Dataflow for the Beam steps, on Kubeflow / Vertex."""
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -295,4 +312,4 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata,
-        beam_pipeline_args=config.beam_pipeline_args)
+        beam_pipeline_args=in_process_beam_args(config.beam_pipeline_args))

@@ -79,13 +79,6 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
         # A partial run exists to re-execute its nodes (e.g. after editing trainer code).
         if not keep_cache:
             config = config.model_copy(update={"enable_cache": False})
-    if not any(a.startswith("--runner") for a in config.beam_pipeline_args):
-        # Beam 2.72's DirectRunner first tries its Prism runner, which leaves a temp folder
-        # in /tmp when it cannot start (no binary, no network), then falls back to this
-        # runner; and with no container image named, TFX builds an sdist of itself in /tmp
-        # for every Beam step (52 MB, never removed). Locally neither is wanted.
-        config = config.model_copy(update={"beam_pipeline_args": [
-            *config.beam_pipeline_args, "--runner=FnApiRunner", "--sdk_container_image=none"]})
     # The run's id is chosen here, not by the runner, so the summary is of this run.
     run_id = datetime.datetime.now().isoformat()
     ir = pipeline_ir(create_pipeline(config))

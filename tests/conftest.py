@@ -28,9 +28,10 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))  # stable: the rest keep their order
 
 
-def xfer(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
-    """Run the real `xfer` console script, as a user would."""
-    proc = subprocess.run([XFER, *args], cwd=cwd or REPO, capture_output=True, text=True)
+def xfer(*args, cwd=None, check=True, env=None) -> subprocess.CompletedProcess:
+    """Run the real `xfer` console script, as a user would (`env`: variables to add)."""
+    proc = subprocess.run([XFER, *args], cwd=cwd or REPO, capture_output=True, text=True,
+                          env={**os.environ, **env} if env else None)
     if check and proc.returncode != 0:
         raise AssertionError(f"xfer {' '.join(args)} exited {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}")

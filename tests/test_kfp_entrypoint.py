@@ -1,6 +1,7 @@
 """The step entrypoint (components/kfp_entrypoint.py) under what the open-source KFP
 launcher hands a step: input artifacts with an empty type, no lifecycle hook run."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,7 @@ def test_import_example_gen_resolves_the_newest_span_inside_the_step(tmp_path):
          "--set", f"pipeline_root={tmp_path / 'root'}", "--set", f"data.input_base={data}",
          "--set", f"data.labels_file={CIFAR / 'labels.txt'}",
          "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}',
-         "--set", "beam_pipeline_args=[--runner=DirectRunner]", "--out", str(spec_path))
+         "--out", str(spec_path))
     spec = json.loads(spec_path.read_text())["pipelineSpec"]
     task = spec["root"]["dag"]["tasks"]["ImportExampleGen"]
     component = spec["components"][task["componentRef"]["name"]]
@@ -120,9 +121,17 @@ def test_import_example_gen_resolves_the_newest_span_inside_the_step(tmp_path):
     ei.outputs.output_file = str(tmp_path / "out" / "executor_output.json")
     args = [json_format.MessageToJson(ei) if a == "{{$}}" else a for a in container["args"]]
 
-    # As the container runs it: its own process (absl parses that process's flags).
+    # The compiled step names Beam's in-process runner (the config names none): no Prism
+    # fetched from GitHub, no 52 MB sdist of TFX in /tmp (pipeline.in_process_beam_args).
+    assert "--runner=FnApiRunner" in args and "--sdk_container_image=none" in args, args
+
+    # As the container runs it: its own process (absl parses that process's flags), with
+    # a /tmp of its own that it must leave as it found it.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     subprocess.run([sys.executable, "-m", "xfer.components.kfp_entrypoint", *args], check=True,
-                   capture_output=True)
+                   capture_output=True, env={**os.environ, "TMPDIR": str(tmp)})
+    assert sorted(p.name for p in tmp.iterdir()) == []
 
     result = json.loads((tmp_path / "out" / "executor_output.json").read_text())
     examples = result["artifacts"]["examples"]["artifacts"][0]

@@ -38,11 +38,15 @@ def runs(tmp_path_factory, cifar):
         "broken": ([*config, "--set", "model.weights=/nonexistent/weights.h5"], False),
     }
     procs, ids = {}, {}
+    tmp = root / "tmp"  # the first run's /tmp, to see what it leaves there
+    tmp.mkdir()
     for what, (args, check) in commands.items():
-        procs[what] = xfer("run", *args, check=check)
+        procs[what] = xfer("run", *args, check=check, env={"TMPDIR": str(tmp)} if what == "first" else None)
         ids[what] = newest_run_id(root)
+        if what == "first":
+            left_in_tmp = sorted(p.name for p in tmp.iterdir())
     yield {"root": root, "config": config, "ids": ids, "broken": procs.pop("broken"),
-           "out": {what: p.stdout for what, p in procs.items()}}
+           "out": {what: p.stdout for what, p in procs.items()}, "left_in_tmp": left_in_tmp}
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -76,6 +80,8 @@ def test_first_run_executes_everything_blesses_and_pushes(runs):
     assert "eval accuracy:" in out and "total time:" in out
     for component in UP_TO_TRAINER + AFTER_TRAINER:  # a progress line per step, start and end
         assert f"[xfer] {component} running ..." in out and f"[xfer] {component} done (" in out, component
+    # Nothing left in /tmp: no Prism folder, no sdist of TFX, no autograph module.
+    assert runs["left_in_tmp"] == []
 
 
 def test_pushed_model_classifies_raw_png_bytes(runs, cifar):

@@ -86,9 +86,13 @@ def _images(spec):
     return {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
 
 
-def test_kubeflow_submit_sends_the_compiled_spec_as_a_run(server):
+def test_kubeflow_submit_sends_the_compiled_spec_as_a_run(server, tmp_path):
     url, calls = server
-    out = xfer("submit", *CONFIG, "--target", "kubeflow", "--endpoint", url, "--experiment", "nightly").stdout
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = xfer("submit", *CONFIG, "--target", "kubeflow", "--endpoint", url, "--experiment", "nightly",
+               env={"TMPDIR": str(tmp)}).stdout
+    assert sorted(p.name for p in tmp.iterdir()) == []  # the compiled spec's folder is gone
     assert f"{url}/#/runs/details/run-42" in out, out
     exp = next(c for c in calls if c["path"] == "/apis/v2beta1/experiments" and c["method"] == "POST")
     assert exp["body"]["display_name"] == "nightly"
@@ -123,11 +127,14 @@ def test_kubeflow_schedule_is_a_recurring_run_with_a_six_field_cron(server):
     assert _images(rr["pipeline_spec"]) == {IMAGE}
 
 
-def test_vertex_submit_and_schedule(server):
+def test_vertex_submit_and_schedule(server, tmp_path):
     url, calls = server
     vertex = ["--target", "vertex", "--project", "my-proj", "--region", "europe-west4",
               "--service-account", "trainer@my-proj.iam.gserviceaccount.com", "--api-endpoint", url]
-    out = xfer("submit", *CONFIG, *vertex).stdout
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = xfer("submit", *CONFIG, *vertex, env={"TMPDIR": str(tmp)}).stdout
+    assert sorted(p.name for p in tmp.iterdir()) == []
     assert "projects/my-proj/locations/europe-west4/pipelineJobs/xfer-1" in out, out
     job = next(c for c in calls if c["path"].endswith("/pipelineJobs"))
     assert job["path"] == "/v1/projects/my-proj/locations/europe-west4/pipelineJobs"

@@ -38,9 +38,30 @@ if ! $DOCKER image inspect $BASE >/dev/null 2>&1; then
   rm -rf "$rootfs"
   say "$BASE built in $(( $(date +%s) - start ))s"
 fi
+# Each build of changed sources leaves the image this tag named before (3.6 GB, now
+# untagged) and about 4.7 GB of BuildKit cache; unchecked, a few builds fill the disk
+# (CI failed so: "no space left on device" at COPY). Check the room first, and after the
+# build drop the old image and keep only the newest 8 GB of cache (the dependency layer
+# and uv's cache mount, which the next build reuses).
+root_dir=$($DOCKER info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+free_gb=$(df --output=avail -B1G "$root_dir" | tail -1 | tr -d ' ')
+if [ "${free_gb:-0}" -lt 12 ]; then
+  say "only ${free_gb} GB free under $root_dir; building $IMAGE needs about 12 GB (a 3.6 GB image and its build)."
+  say "free some: docker image prune -f; docker builder prune -f --keep-storage 8GB"
+  exit 1
+fi
+old_id=$($DOCKER image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 say "building $IMAGE on $BASE"
 start=$(date +%s)
 secret=(); [ -f $CA ] && secret=(--secret id=ca,src=$CA)
 DOCKER_BUILDKIT=1 $DOCKER build -q --build-arg BASE_IMAGE=$BASE "${secret[@]}" -t "$IMAGE" . >/tmp/xfer-build.log 2>&1 \
-  || { say "image build failed:"; tail -30 /tmp/xfer-build.log; exit 0; }
+  || { say "image build failed:"; tail -30 /tmp/xfer-build.log
+         # Never test an image of older sources under this tag.
+         $DOCKER image rm "$IMAGE" >/dev/null 2>&1; exit 1; }
 say "$IMAGE built in $(( $(date +%s) - start ))s, $($DOCKER image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
+new_id=$($DOCKER image inspect -f '{{.Id}}' "$IMAGE")
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+  $DOCKER image rm "$old_id" >/dev/null 2>&1 && say "removed the previous $IMAGE (${old_id:7:12})"
+fi
+$DOCKER builder prune -f --keep-storage 8GB >/dev/null 2>&1 || true
+say "disk under $root_dir: $(df -h --output=avail "$root_dir" | tail -1 | tr -d ' ') free"

@@ -148,8 +148,6 @@ def test_kfp_local_runs_the_compiled_spec_twice_new_span_and_served_baseline(tmp
                     "--set", f"data.input_base={data}", "--set", f"data.labels_file={data / 'labels.txt'}",
                     "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}',
                     "--set", f"push.destination={serving}",
-                    # Beam would fetch its Prism runner from the internet first.
-                    "--set", "beam_pipeline_args=[--runner=DirectRunner, --direct_running_mode=in_memory]",
                     "--out", str(spec)], check=True, cwd=REPO)
     job = json.loads(spec.read_text())
     # KFP's backends take the pipeline spec; TFX wraps it in a PipelineJob for Vertex.
