@@ -9,8 +9,8 @@ Each pass is one feature_cache.extract over the bench's train split, timed from 
 the dataset to freeing its iterator. A pass more than STALL_S slower than its way's median
 counts as a stall (the slow iterator frees the README's Speed section names).
 
-usage: python bench/extract.py PIPELINE_ROOT CONFIG [ROUNDS]
-  (the bench's pipeline root and config, after `make bench`; ROUNDS defaults to 12)
+usage: python bench/extract.py PIPELINE_ROOT CONFIG [KEY=VALUE ...]
+  (the bench's pipeline root and config, after `make bench`, with its --set overrides)
 """
 import sys
 import time
@@ -25,11 +25,11 @@ from xfer.components import feature_cache, inputs
 from xfer.components.model import build_model, split_at_pool
 from xfer.pipeline.config import class_count, load_config
 
-STALL_S = 1.0
+STALL_S, ROUNDS = 1.0, 12
 
 
-def main(root: str, config_path: str, rounds: int = 12) -> None:
-    cfg = load_config(config_path, [])
+def main(root: str, config_path: str, overrides: list[str], rounds: int = ROUNDS) -> None:
+    cfg = load_config(config_path, overrides)
     args = trainer_args(root, "/nonexistent", cfg)
     tft_output = tft.TFTransformOutput(args.transform_graph_path)
     classifier, _ = build_model(cfg.model, class_count(cfg))
@@ -75,4 +75,4 @@ def main(root: str, config_path: str, rounds: int = 12) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

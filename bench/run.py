@@ -15,7 +15,8 @@ Steps, in order, on the same data (bench/make_data.py) and the same model:
      shared machine falls on both sides alike; the ratio is of the medians of all
      epochs after each run's first;
   6. bytes Transform wrote against the raw TFRecords;
-  7. serving on raw JPEG bytes against Keras predict on decoded tensors (bench/serving.py);
+  7. serving on raw JPEG bytes against Keras predict on decoded tensors (bench/serving.py),
+     and phase 1's feature extraction alone, three ways (bench/extract.py);
   8. camera-size photos (bench/photos.py): the input pipeline and serving's decoding
      three ways, import-folder --max-side;
   9. cost as data grows (bench/scale.py): the pipeline to the Trainer at 2,000, 20,000
@@ -275,6 +276,13 @@ def main() -> None:
     rounds = len(serve_rounds.split())
     predict_best = max([keras] + [float(x) for x in re.findall(r"keras_predict_decoded_batch\d+_images_per_s ([\d.]+)",
                                                                serving_out)])
+    print("[bench] feature extraction alone: frozen, plain, autotuned ...", flush=True)
+    extract_out = Watched([PY, str(REPO / "bench" / "extract.py"), str(root / "pipeline_root"),
+                           str(REPO / "bench" / "bench.yaml"), *sets]).run().text
+
+    def extract_figure(way: str, what: str) -> str:
+        return re.search(rf"extract_{way}_{what} (.+)", extract_out).group(1).strip()
+
     m = re.search(r"cached base features of (\d+) train and (\d+) eval images .* in ([\d.]+)s", p1["on"].text)
     extract_rate = (int(m.group(1)) + int(m.group(2))) / float(m.group(3))
 
@@ -286,6 +294,7 @@ def main() -> None:
     scale_md = scale.text[scale.text.index("### Cost as data grows"):]
     (logs / "profile_phase2.log").write_text(profiled.text + "\n")
     (logs / "photos.log").write_text(photos.text + "\n")
+    (logs / "extract.log").write_text(extract_out + "\n")
     (logs / "scale.log").write_text(scale.text + "\n")
     utilization = {side: [fine_tune_utilization(w) for w in runs] for side, runs in p2.items()}
 
@@ -318,6 +327,12 @@ def main() -> None:
         ("phase 1's feature extraction (decode and forward pass, tracing included), images/s / Keras predict "
          "on decoded tensors at its best batch size (32, 64, 128)", extract_rate / predict_best, "", "",
          f"{extract_rate:.1f} / {predict_best:.1f} images/s"),
+        ("phase 1's feature extraction alone (bench/extract.py), frozen weights / the function that reads "
+         "the variables", float(extract_figure("frozen", "images_per_s")) / float(extract_figure("plain", "images_per_s")),
+         "", "", f"{extract_figure('frozen', 'images_per_s')} / {extract_figure('plain', 'images_per_s')} images/s, "
+                 f"medians of interleaved passes over the train split; stalls (a pass over 1 s slower than its "
+                 f"median): frozen {extract_figure('frozen', 'stalls')}, plain {extract_figure('plain', 'stalls')}, "
+                 f"frozen with tf.data's autotuner on {extract_figure('autotuned', 'stalls')}"),
         ("serving_default on raw JPEG, images/s / Keras predict on decoded tensors", serve / keras,
          ">= 0.8", ">= 0.95", f"{serve:.1f} / {keras:.1f} images/s, medians of {rounds} interleaved rounds "
                               f"(serving {serve_rounds}; Keras {keras_rounds})"),
