@@ -278,7 +278,7 @@ def main() -> None:
                                                                serving_out)])
     print("[bench] feature extraction alone: frozen, plain, autotuned ...", flush=True)
     extract_out = Watched([PY, str(REPO / "bench" / "extract.py"), str(root / "pipeline_root"),
-                           str(REPO / "bench" / "bench.yaml"), *sets]).run().text
+                           *sets]).run().text  # sets: the config, then its KEY=VALUE overrides
 
     def extract_figure(way: str, what: str) -> str:
         return re.search(rf"extract_{way}_{what} (.+)", extract_out).group(1).strip()
@@ -331,7 +331,7 @@ def main() -> None:
          "the variables", float(extract_figure("frozen", "images_per_s")) / float(extract_figure("plain", "images_per_s")),
          "", "", f"{extract_figure('frozen', 'images_per_s')} / {extract_figure('plain', 'images_per_s')} images/s, "
                  f"medians of interleaved passes over the train split; stalls (a pass over 1 s slower than its "
-                 f"median): frozen {extract_figure('frozen', 'stalls')}, plain {extract_figure('plain', 'stalls')}, "
+                 f"fastest): frozen {extract_figure('frozen', 'stalls')}, plain {extract_figure('plain', 'stalls')}, "
                  f"frozen with tf.data's autotuner on {extract_figure('autotuned', 'stalls')}"),
         ("serving_default on raw JPEG, images/s / Keras predict on decoded tensors", serve / keras,
          ">= 0.8", ">= 0.95", f"{serve:.1f} / {keras:.1f} images/s, medians of {rounds} interleaved rounds "

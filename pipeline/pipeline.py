@@ -306,10 +306,14 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
     if for_kubeflow:
         _cluster_settings(config, components)
     metadata = None if for_kubeflow else sqlite_metadata_connection_config(config.metadata_path)
+    # On Dataflow every Beam step gets Dataflow's runner and image (_cluster_settings); the
+    # in-process runner's args ahead of them would only be overridden.
+    on_dataflow = for_kubeflow and bool(config.kubeflow.dataflow)
     return Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
         components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata,
-        beam_pipeline_args=in_process_beam_args(config.beam_pipeline_args))
+        beam_pipeline_args=(list(config.beam_pipeline_args) if on_dataflow
+                            else in_process_beam_args(config.beam_pipeline_args)))

@@ -27,6 +27,12 @@ def test_compile_kubeflow_parses_as_pipeline_job_with_configured_image(tmp_path)
     # Step code goes by import path; no step pip-installs a module file at run time.
     text = json.dumps(json.loads(out.read_text()))
     assert "xfer.components.trainer.run_fn" in text and "module_file" not in text.replace('"module_file": null', "")
+    # The Kubeflow template's Beam args name no runner: each Beam step gets Beam's
+    # in-process runner (its worker processes kept), not a Prism fetched at run time.
+    for step in ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator"):
+        args = containers[f"{step}_executor"]["args"]
+        assert [a for a in args if a.startswith("--runner")] == ["--runner=FnApiRunner"], step
+        assert "--sdk_container_image=none" in args and "--direct_running_mode=multi_processing" in args, step
 
 
 def test_compile_without_image_is_a_config_error(tmp_path):
@@ -53,6 +59,9 @@ def test_production_settings_reach_the_compiled_spec(tmp_path):
         args = ex[f"{step}_executor"]["container"]["args"]
         assert "--runner=DataflowRunner" in args and f"--sdk_container_image={IMAGE}" in args, step
         assert "--project=p1" in args and "--temp_location=gs://b/tmp" in args and "--max_num_workers=20" in args
+        # Dataflow's runner and image alone, no in-process args ahead of them.
+        assert [a for a in args if a.startswith(("--runner", "--sdk_container_image"))] == [
+            "--runner=DataflowRunner", f"--sdk_container_image={IMAGE}"], step
     assert "--runner=DataflowRunner" not in ex["Trainer_executor"]["container"]["args"]
 
 
