@@ -8,6 +8,9 @@ from conftest import xfer
 from xfer.pipeline.pipeline import COMPONENTS
 
 IMAGE = "registry.example.com/team/xfer:1.2.3"
+# The Beam steps, written out here (not taken from the pipeline) so that a step left out
+# there shows here.
+BEAM_STEPS = ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator")
 
 
 def test_compile_kubeflow_parses_as_pipeline_job_with_configured_image(tmp_path):
@@ -29,7 +32,7 @@ def test_compile_kubeflow_parses_as_pipeline_job_with_configured_image(tmp_path)
     assert "xfer.components.trainer.run_fn" in text and "module_file" not in text.replace('"module_file": null', "")
     # The Kubeflow template's Beam args name no runner: each Beam step gets Beam's
     # in-process runner (its worker processes kept), not a Prism fetched at run time.
-    for step in ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator"):
+    for step in BEAM_STEPS:
         args = containers[f"{step}_executor"]["args"]
         assert [a for a in args if a.startswith("--runner")] == ["--runner=FnApiRunner"], step
         assert "--sdk_container_image=none" in args and "--direct_running_mode=multi_processing" in args, step
@@ -55,7 +58,7 @@ def test_production_settings_reach_the_compiled_spec(tmp_path):
     assert trainer["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "2"}
     assert ex["Evaluator_executor"]["container"]["resources"]["cpuLimit"] == 4
     assert "resources" not in ex["Pusher_executor"]["container"]
-    for step in ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform", "Evaluator"):
+    for step in BEAM_STEPS:
         args = ex[f"{step}_executor"]["container"]["args"]
         assert "--runner=DataflowRunner" in args and f"--sdk_container_image={IMAGE}" in args, step
         assert "--project=p1" in args and "--temp_location=gs://b/tmp" in args and "--max_num_workers=20" in args
