@@ -79,6 +79,7 @@ class _Check(beam.DoFn):
         import tensorflow as tf
 
         from xfer.components.decode import decode_pixels
+        from xfer.components.image_guard import single_batch
 
         # Each image is decoded as training and serving will decode it (at reduced scale
         # for a large JPEG: the same entropy decoding, a fraction of the cost); with no
@@ -96,10 +97,10 @@ class _Check(beam.DoFn):
         # again alone (self._decode_eagerly) for its error message.
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def decoded_indices(images):
-            return (tf.data.Dataset.from_tensor_slices((tf.range(tf.size(images)), images))
-                    .map(lambda i, e: (i, shape(e)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-                    .ignore_errors().map(lambda i, _: i).batch(CHUNK_RECORDS + 1)
-                    .reduce(tf.zeros([0], tf.int32), lambda acc, b: tf.concat([acc, b], 0)))
+            dataset = (tf.data.Dataset.from_tensor_slices((tf.range(tf.size(images)), images))
+                       .map(lambda i, e: (i, shape(e)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+                       .ignore_errors().map(lambda i, _: i))
+            return single_batch(dataset, tf.constant(-1), CHUNK_RECORDS + 1)
 
         self._decode_chunk = lambda images: set(decoded_indices(tf.constant(images)).numpy().tolist())
 

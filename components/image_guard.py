@@ -164,6 +164,17 @@ def per_request(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+def single_batch(dataset: tf.data.Dataset, sentinel, max_batch: int):
+    """The elements of `dataset` (at most max_batch of them, maybe none) stacked into one
+    batch, as a structure like `sentinel`, an element of the dataset's own structure. The
+    sentinel is appended and cut off again so that there is always exactly one batch for
+    get_single_element. Dataset.reduce, the other way to get a result that may be empty,
+    instantiates its functions on every call: the guard of a one-image request took 44 ms
+    with it and 1.4 ms with this (32 images: 55 and 10 ms)."""
+    batched = per_request(dataset.concatenate(tf.data.Dataset.from_tensors(sentinel)).batch(max_batch + 1))
+    return tf.nest.map_structure(lambda t: t[:-1], batched.get_single_element())
+
+
 def decode_batch(images: tf.Tensor, decode_one: Callable[[tf.Tensor], tf.Tensor], size: int,
                  max_pixels: int, max_batch: int) -> Guarded:
     """Encoded images [n] -> Guarded(float32 [n, size, size, 3], error [n]). `decode_one`
@@ -193,17 +204,15 @@ def decode_batch(images: tf.Tensor, decode_one: Callable[[tf.Tensor], tf.Tensor]
         image = tf.ensure_shape(decode_one(tf.where(tf.equal(status, OK), encoded, _tiny("png"))), [size, size, 3])
         return index, image, status, width, height
 
-    dataset = per_request(
+    dataset = (
         tf.data.Dataset.from_tensor_slices((tf.range(n), images, fmt, width, height, frames))
         # Images decode in parallel (a request of camera photos is decode-bound); the
         # index puts each result back in its place.
         .map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        .ignore_errors()  # a decode or header error drops that image only
-        .batch(max_batch))  # n <= max_batch: at most one batch
-    empty = (tf.zeros([0], tf.int64), tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int64),
-             tf.zeros([0], tf.int64), tf.zeros([0], tf.int64))
-    index, decoded, status, width, height = dataset.reduce(
-        empty, lambda state, batch: tuple(tf.concat([s, b], 0) for s, b in zip(state, batch)))
+        .ignore_errors())  # a decode or header error drops that image only
+    zero = tf.constant(0, tf.int64)
+    index, decoded, status, width, height = single_batch(
+        dataset, (zero, tf.zeros([size, size, 3], tf.float32), zero, zero, zero), max_batch)
 
     where = tf.expand_dims(index, 1)
     # Dropped by ignore_errors (never reached the end): not decodable.
@@ -238,10 +247,8 @@ def parse_images(examples: tf.Tensor, image_key: str, spec, max_batch: int):
             value = tf.sparse.to_dense(value, default_value="")
         return index, tf.reshape(value, [-1])[0]  # none: an error, so the record is dropped
 
-    dataset = per_request(tf.data.Dataset.from_tensor_slices((tf.range(n), examples)).map(one)
-                          .ignore_errors().batch(max_batch))
-    index, images = dataset.reduce((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)),
-                                   lambda state, batch: tuple(tf.concat([s, b], 0) for s, b in zip(state, batch)))
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(n), examples)).map(one).ignore_errors()
+    index, images = single_batch(dataset, (tf.constant(0, tf.int64), tf.constant("")), max_batch)
     where = tf.expand_dims(index, 1)
     parsed = tf.scatter_nd(where, tf.ones_like(index, tf.int32), [n]) > 0
     images_all = tf.tensor_scatter_nd_update(tf.fill([n], ""), where, images)

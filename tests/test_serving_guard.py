@@ -86,6 +86,10 @@ def test_empty_batch_gives_empty_outputs(served):
     out = served["serve"](images=tf.constant([], tf.string))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "probabilities": (0, CLASSES), "class_id": (0,), "class_name": (0,), "error": (0,)}
+    # Every image refused: nothing reaches the model, each gets its own error.
+    out = served["serve"](images=tf.constant([b"", b"hello"]))
+    assert out["error"].numpy().tolist() == [b"empty image", UNDECODABLE]
+    assert out["class_id"].numpy().tolist() == [-1, -1] and not out["probabilities"].numpy().any()
 
 
 def test_batch_above_max_batch_is_refused_naming_the_limit(served):
