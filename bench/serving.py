@@ -3,6 +3,10 @@ Keras predict on the same images already decoded and resized to float tensors.
 
 usage: python serving.py MODEL_DIR EVAL_TFRECORDS_GLOB   (prints images/s figures, each the
 median of interleaved rounds, and the rounds)
+
+Also the serving guard alone (components/image_guard.py: headers read, then each image
+decoded in tf.data inside the signature), at the same batch and on one-image requests,
+whose milliseconds are mostly the guard's fixed cost per request.
 """
 import sys
 import time
@@ -11,9 +15,11 @@ import xfer.components  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from xfer.components.transform import decode_images
+from xfer.components import image_guard
+from xfer.components.settings import ServingConfig
+from xfer.components.transform import decode_image, decode_images
 
-BATCH, ROUNDS = 32, 5
+BATCH, ROUNDS, SINGLE_REQUESTS = 32, 5, 200
 
 
 def main(model_dir, pattern):
@@ -28,6 +34,11 @@ def main(model_dir, pattern):
     decoded = np.concatenate([decode_images(tf.constant(raw[i:i + BATCH]), size).numpy()
                               for i in range(0, n, BATCH)])
 
+    limits = ServingConfig()
+    guard = tf.function(lambda x: image_guard.decode_batch(x, lambda e: decode_image(e, size), size,
+                                                           limits.max_pixels, limits.max_batch).images,
+                        input_signature=[tf.TensorSpec([None], tf.string)])
+
     # Serving: a client sends batches of files as they are; Keras: one predict call over
     # the whole decoded array, its best case; Keras at other batch sizes: the best is the
     # bar for phase 1's feature extraction.
@@ -38,6 +49,7 @@ def main(model_dir, pattern):
             lambda: keras_model.predict(decoded, batch_size=BATCH, verbose=0),
         **{f"keras_predict_decoded_batch{b}_images_per_s":
            (lambda b=b: keras_model.predict(decoded, batch_size=b, verbose=0)) for b in (64, 128)},
+        "guard_alone_images_per_s": lambda: [guard(tf.constant(raw[i:i + BATCH])) for i in range(0, n, BATCH)],
     }
     for one_pass in passes.values():
         one_pass()  # warm-up: tracing
@@ -52,6 +64,13 @@ def main(model_dir, pattern):
     for name, values in rates.items():
         print(f"{name} {float(np.median(values)):.1f}")
         print(f"{name}_rounds {' '.join(f'{v:.0f}' for v in values)}")
+    one = [tf.constant(raw[i:i + 1]) for i in range(SINGLE_REQUESTS)]
+    for name, call in (("guard_alone", guard), ("serving", lambda x: serve(images=x))):
+        call(one[0])
+        start = time.perf_counter()
+        for x in one:
+            call(x)
+        print(f"{name}_one_image_request_ms {1000 * (time.perf_counter() - start) / len(one):.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import component_windows, epoch_rates, final_val_accuracy, steady  # noqa: E402
+from bench.run import component_windows, epoch_rates, figures, final_val_accuracy, steady  # noqa: E402
 
 
 def test_epoch_rates_per_phase_from_both_sides():
@@ -36,3 +36,16 @@ def test_final_val_accuracy_is_the_last_epochs():
     ])
     assert final_val_accuracy(text) == 0.75
     assert final_val_accuracy("no epochs") != final_val_accuracy("no epochs")  # NaN: nothing to report
+
+
+def test_figures_are_the_key_value_lines_of_a_bench_script():
+    text = "\n".join([
+        "2026-11-27 11:17:29.293745: W tensorflow/core/framework/local_rendezvous.cc:404] Local rendezvous",
+        "  warnings.warn(message, FutureWarning)",
+        "serving_raw_jpeg_images_per_s 446.2",
+        "serving_raw_jpeg_images_per_s_rounds 476 393 384",
+        "extract_frozen_stalls 0 of 12",
+    ])
+    assert figures(text) == {"serving_raw_jpeg_images_per_s": "446.2",
+                             "serving_raw_jpeg_images_per_s_rounds": "476 393 384",
+                             "extract_frozen_stalls": "0 of 12"}
