@@ -65,12 +65,19 @@ def main(model_dir, pattern):
         print(f"{name} {float(np.median(values)):.1f}")
         print(f"{name}_rounds {' '.join(f'{v:.0f}' for v in values)}")
     one = [tf.constant(raw[i:i + 1]) for i in range(SINGLE_REQUESTS)]
-    for name, call in (("guard_alone", guard), ("serving", lambda x: serve(images=x))):
-        call(one[0])
+    # The Keras model itself on one decoded image and on two: serving_default sends one
+    # image as two (components/export.py), for what oneDNN does at a batch of one.
+    keras_call = tf.function(lambda x: keras_model(x, training=False))
+    for name, call, inputs in (
+            ("guard_alone_one_image_request", guard, one),
+            ("serving_one_image_request", lambda x: serve(images=x), one),
+            ("keras_call_batch1", keras_call, [tf.constant(decoded[i:i + 1]) for i in range(SINGLE_REQUESTS // 4)]),
+            ("keras_call_batch2", keras_call, [tf.constant(decoded[i:i + 2]) for i in range(SINGLE_REQUESTS // 4)])):
+        call(inputs[0])
         start = time.perf_counter()
-        for x in one:
+        for x in inputs:
             call(x)
-        print(f"{name}_one_image_request_ms {1000 * (time.perf_counter() - start) / len(one):.2f}")
+        print(f"{name}_ms {1000 * (time.perf_counter() - start) / len(inputs):.2f}")
 
 
 if __name__ == "__main__":
