@@ -56,7 +56,7 @@ image:
 test-fast: install
 	$(VENV)/bin/python -m pytest -v -m "not integration and not container" tests
 
-# The benchmark against the plain-Keras script; writes bench/RESULTS.md (about 32 min here).
+# The benchmark against the plain-Keras script; writes bench/RESULTS.md (about 40 min here).
 bench: install
 	$(VENV)/bin/python bench/run.py
 
