@@ -208,14 +208,17 @@ def main() -> None:
 
     sets = [c for c in config if c not in ("--config", "--set")]
 
-    def trainer_alone(out: Path, *overrides: str) -> Watched:
-        return Watched([PY, str(REPO / "bench" / "trainer_alone.py"), str(root / "pipeline_root"), str(out),
-                        *sets, *overrides]).run()
+    def trainer_alone(out: Path, *overrides: str, on: Path = root, with_sets: list[str] = sets) -> Watched:
+        """The Trainer's run_fn on the artifacts of the pipeline run under `on`, with the
+        config and KEY=VALUE settings `with_sets`, then `overrides`."""
+        return Watched([PY, str(REPO / "bench" / "trainer_alone.py"), str(on / "pipeline_root"), str(out),
+                        *with_sets, *overrides]).run()
 
+    # Phase 1 alone, 10 epochs, on cached features ("on") or on images ("off").
+    phase1 = ["train.transfer.epochs=10", "train.fine_tune.enabled=false", "train.reports=false",
+              "train.resume=false"]
     print("[bench] phase 1, 10 epochs, cached features vs images ...", flush=True)
-    p1 = {mode: trainer_alone(work / "phase1" / mode, "train.transfer.epochs=10",
-                              f"train.transfer.cache_features={mode}", "train.fine_tune.enabled=false",
-                              "train.reports=false", "train.resume=false")
+    p1 = {mode: trainer_alone(work / "phase1" / mode, *phase1, f"train.transfer.cache_features={mode}")
           for mode in ("on", "off")}
 
     # The same at three times the data: phase 1 on cached features has fixed costs (tracing
@@ -225,14 +228,12 @@ def main() -> None:
     larger_data, larger_root = work / f"data-{P1_LARGER}", work / f"phase1_{P1_LARGER}"
     write(str(larger_data), total=P1_LARGER)
     shutil.rmtree(larger_root, ignore_errors=True)
-    larger_sets = [f"root={larger_root}", f"data.input_base={larger_data}",
-                   f"data.labels_file={larger_data / 'labels.txt'}"]
-    Watched([XFER, "run", "--config", str(REPO / "bench" / "bench.yaml"),
-             *[a for kv in larger_sets for a in ("--set", kv)], "--to", "Transform"]).run()
-    p1_larger = {mode: Watched([PY, str(REPO / "bench" / "trainer_alone.py"), str(larger_root / "pipeline_root"),
-                                str(work / "phase1" / f"{mode}_{P1_LARGER}"), str(REPO / "bench" / "bench.yaml"),
-                                *larger_sets, "train.transfer.epochs=10", f"train.transfer.cache_features={mode}",
-                                "train.fine_tune.enabled=false", "train.reports=false", "train.resume=false"]).run()
+    larger_config = ["--config", str(REPO / "bench" / "bench.yaml"), "--set", f"root={larger_root}",
+                     "--set", f"data.input_base={larger_data}", "--set", f"data.labels_file={larger_data / 'labels.txt'}"]
+    Watched([XFER, "run", *larger_config, "--to", "Transform"]).run()
+    larger_sets = [c for c in larger_config if c not in ("--config", "--set")]
+    p1_larger = {mode: trainer_alone(work / "phase1" / f"{mode}_{P1_LARGER}", *phase1,
+                                     f"train.transfer.cache_features={mode}", on=larger_root, with_sets=larger_sets)
                  for mode in ("on", "off")}
     shutil.rmtree(larger_root, ignore_errors=True)
 
