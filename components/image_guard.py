@@ -157,7 +157,8 @@ def per_request(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """A dataset built inside the serving signature, anew on every request: without
     tf.data's static rewrites and autotuning, which it would otherwise redo per call for
     a dataset of at most serving.max_batch elements (measured: about 5% of a request of 16
-    camera photos). Parallel maps then run one element per core."""
+    camera photos). Parallel maps then run one element per core. `single_batch` applies it,
+    so DataCheck's per-chunk dataset, also built anew on every call, gets the same."""
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
     options.autotune.enabled = False
