@@ -3,7 +3,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import component_windows, epoch_rates, figures, final_val_accuracy, steady  # noqa: E402
+from bench.run import (component_windows, epoch_rates, figures, final_val_accuracy, phase1_parts,  # noqa: E402
+                       steady)
 
 
 def test_epoch_rates_per_phase_from_both_sides():
@@ -49,3 +50,24 @@ def test_figures_are_the_key_value_lines_of_a_bench_script():
     assert figures(text) == {"serving_raw_jpeg_images_per_s": "446.2",
                              "serving_raw_jpeg_images_per_s_rounds": "476 393 384",
                              "extract_frozen_stalls": "0 of 12"}
+
+
+def test_phase1_parts_and_the_floor_with_no_fixed_cost():
+    # Lines of two real bench/trainer_alone.py runs (ten epochs, cached features and images), shortened.
+    cached = "\n".join([
+        "[xfer] transfer: cached base features of 1603 train and 397 eval images ((1280,), 10.2 MB) in 5.6s",
+        "[xfer] transfer epoch 1: accuracy=0.0974 loss=2.3028 val_accuracy=0.0882 1747.3 images/s (0.9s)",
+        *[f"[xfer] transfer epoch {i}: accuracy=0.1 loss=2.3 val_accuracy=0.0882 41166.7 images/s (0.1s)"
+          for i in range(2, 11)],
+        "[xfer] transfer done: 10 epochs in 6.9s (on cached features)",
+    ])
+    images = "\n".join([
+        "[xfer] transfer epoch 1: accuracy=0.0974 loss=2.3028 val_accuracy=0.0882 202.1 images/s (8.1s)",
+        *[f"[xfer] transfer epoch {i}: accuracy=0.1 loss=2.3 val_accuracy=0.0882 488.5 images/s ({s}s)"
+          for i, s in zip(range(2, 11), (3.3, 3.4, 3.2, 3.3, 3.5, 3.3, 3.4, 3.3, 3.3))],
+        "[xfer] transfer done: 10 epochs in 37.9s (on images)",
+    ])
+    parts = phase1_parts(cached, images)
+    assert parts["extraction"] == 5.6 and parts["head_first"] == 0.9
+    assert abs(parts["head_rest"] - 0.9) < 1e-9
+    assert parts["floor"] == 3.3 / 37.9  # the median steady epoch, not the first (tracing)
