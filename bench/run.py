@@ -219,7 +219,7 @@ def main() -> None:
 
     print("[bench] baseline: plain Keras script ...", flush=True)
     base = Watched([PY, str(REPO / "bench" / "baseline_keras.py"), str(data), str(work / "baseline_model")]).run()
-    print(f"[bench] pipeline: xfer run, cold ...", flush=True)
+    print("[bench] pipeline: xfer run, cold ...", flush=True)
     cold = Watched([XFER, "run", *config]).run()
     second = Watched([XFER, "run", *config]).run()
     third = Watched([XFER, "run", *config]).run()
