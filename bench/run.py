@@ -199,6 +199,23 @@ def figures(text: str) -> dict[str, str]:
                 if re.match(r"[a-z][a-z0-9_]* \S", line))
 
 
+# TensorFlow turns oneDNN's kernels on by default on Linux only for CPUs with any of these
+# (tensorflow/tensorflow, tensorflow/core/util/port.cc, DefaultOneDnnPolicy); the baseline
+# script runs with TensorFlow's defaults, the Trainer always with oneDNN.
+ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_line(cpuinfo: str) -> str:
+    """The CPU's model and the features that move these figures, from /proc/cpuinfo's text."""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    listed = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
+    flags = set(listed.group(1).split()) if listed else set()
+    shown = [f for f in ("avx2", "avx512f", *ONEDNN_DEFAULT_FLAGS) if f in flags]
+    default = "on" if flags & set(ONEDNN_DEFAULT_FLAGS) else "off"
+    return (f"CPU {model.group(1).strip() if model else 'unknown'} ({', '.join(shown) or 'none of avx2, avx512'}); "
+            f"TensorFlow's oneDNN kernels by default here: {default} (the baseline script's side)")
+
+
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -437,6 +454,7 @@ def main() -> None:
         "",
         f"`make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}), on this machine: "
         f"{os.cpu_count()} cores, no GPU; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.",
+        f"{cpu_line(Path('/proc/cpuinfo').read_text())}.",
         "Data: 2,000 real digit scans (scikit-learn), 96 px RGB JPEG, 1,603 train / 397 eval. Model: "
         "MobileNetV2 (alpha 1.0, weights none), global average pooling, softmax head; batch 32; "
         "phase 1 three epochs at 1e-3, phase 2 five epochs at 1e-4 with the top 30% of the base "

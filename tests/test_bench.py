@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import (component_windows, epoch_rates, figures, final_val_accuracy, phase1_parts,  # noqa: E402
+from bench.run import (component_windows, cpu_line, epoch_rates, figures, final_val_accuracy, phase1_parts,  # noqa: E402
                        steady)
 
 
@@ -71,3 +71,12 @@ def test_phase1_parts_and_the_floor_with_no_fixed_cost():
     assert parts["extraction"] == 5.6 and parts["head_first"] == 0.9
     assert abs(parts["head_rest"] - (6.9 - 5.6 - 0.9)) < 1e-9  # from the total: epoch lines round
     assert parts["floor"] == 3.3 / 37.9  # the median steady epoch, not the first (tracing)
+
+
+def test_cpu_line_names_the_model_and_tensorflows_onednn_default():
+    avx512 = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+    avx2 = "model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu avx2 fma\n"
+    assert cpu_line(avx512) == ("CPU AMD EPYC 9B14 (avx2, avx512f, avx512_vnni, avx512_bf16); "
+                                "TensorFlow's oneDNN kernels by default here: on (the baseline script's side)")
+    assert cpu_line(avx2).endswith("(avx2); TensorFlow's oneDNN kernels by default here: off (the baseline script's side)")
+    assert "CPU unknown (none of avx2, avx512)" in cpu_line("")
