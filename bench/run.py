@@ -373,6 +373,8 @@ def main() -> None:
     (logs / "serving.log").write_text(serving_out + "\n")
     (logs / "scale.log").write_text(scale.text + "\n")
     utilization = {side: [fine_tune_utilization(w) for w in runs] for side, runs in p2.items()}
+    p2_epoch_s = median([float(x) for w in p2["xfer"]
+                         for x in re.findall(r"\] fine-tune epoch \d+:.* \(([\d.]+)s\)", w.text)[1:]])
 
     base_rates, pipe_rates = epoch_rates(base.text), epoch_rates(cold.text)
     rows = [
@@ -464,7 +466,7 @@ def main() -> None:
         "",
         "Images/s per epoch (the first epoch of each phase includes tracing). The phase-2 ratio is "
         f"taken from the alternated runs (baseline, baseline with oneDNN, Trainer, Trainer with steps_per_execution {SPE}, "
-        "baseline, ...): one epoch is about 3 s here and consecutive ones differ by up to 15%, so the cold run's four steady "
+        f"baseline, ...): one steady epoch of the Trainer took {p2_epoch_s:.1f} s here (median) and consecutive ones differ by up to 15%, so the cold run's four steady "
         "epochs a side, minutes apart, are shown but not used for it:",
         "",
         *per_phase,
