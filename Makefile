@@ -56,7 +56,7 @@ image:
 test-fast: install
 	$(VENV)/bin/python -m pytest -v -m "not integration and not container" tests
 
-# The benchmark against the plain-Keras script; writes bench/RESULTS.md (27 min on this 2-core AVX-512 CPU, about 40 on the AVX2 one before).
+# The benchmark against the plain-Keras script; writes bench/RESULTS.md (26-28 min on this 2-core AVX-512 CPU, about 40 on the AVX2 one before).
 bench: install
 	$(VENV)/bin/python bench/run.py
 
