@@ -45,8 +45,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 # turns oneDNN's kernels on (components/__init__.py), so the baseline is also run with them.
 ENV.pop("TF_ENABLE_ONEDNN_OPTS", None)
 ONEDNN = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"}
-EPOCH = re.compile(r"\[(?:xfer|baseline)\] (transfer|fine-tune) epoch (\d+):.* ([\d.]+) images/s")
-# Phase 2 throughput: each fine-tune epoch here is about 3 s, and consecutive epochs
+# An epoch line of the Trainer or the baseline: phase, epoch, images/s and its seconds.
+EPOCH = re.compile(r"\[(?:xfer|baseline)\] (transfer|fine-tune) epoch (\d+):.* ([\d.]+) images/s(?: \(([\d.]+)s\))?")
+# Phase 2 throughput: a fine-tune epoch is 3 to 5 s here (CPU-dependent), and consecutive epochs
 # differ by up to 15%; 2 x 2 alternated runs of 6 epochs give 10 steady epochs a side.
 ROUNDS, FINE_TUNE_EPOCHS = 2, 6
 # Phase 1 cached against images again at this many images (three times the bench data).
@@ -116,9 +117,18 @@ class Watched:
 def epoch_rates(text: str) -> dict:
     """{phase: [images/s per epoch]} from the Trainer's or the baseline's epoch lines."""
     rates: dict = {}
-    for phase, _, rate in EPOCH.findall(text):
+    for phase, _, rate, _ in EPOCH.findall(text):
         rates.setdefault(phase, []).append(float(rate))
     return rates
+
+
+def epoch_seconds(text: str) -> dict:
+    """{phase: [seconds per epoch]} from the same lines, those that give their seconds."""
+    seconds: dict = {}
+    for phase, _, _, s in EPOCH.findall(text):
+        if s:
+            seconds.setdefault(phase, []).append(float(s))
+    return seconds
 
 
 def median(values: list[float]) -> float:
@@ -161,9 +171,6 @@ def phase_seconds(text: str) -> float:
     return float(m.group(1))
 
 
-EPOCH_SECONDS = re.compile(r"\] transfer epoch \d+:.* images/s \(([\d.]+)s\)")
-
-
 def phase1_parts(cached: str, images: str) -> dict:
     """What phase 1's ten epochs cost on cached features, and the least they could cost:
     the extraction must run the base over every image once, which is what one steady
@@ -172,8 +179,8 @@ def phase1_parts(cached: str, images: str) -> dict:
     cached phase would reach with no fixed cost at all: no tracing, no freezing, no
     loading of the transform graph."""
     extraction = float(re.search(r"cached base features of .* in ([\d.]+)s", cached).group(1))
-    head = [float(s) for s in EPOCH_SECONDS.findall(cached)]
-    on_images = [float(s) for s in EPOCH_SECONDS.findall(images)]
+    head = epoch_seconds(cached)["transfer"]
+    on_images = epoch_seconds(images)["transfer"]
     # The rest from the phase's own total: the epoch lines round to 0.1 s, nine of them to 0.0.
     return {"extraction": extraction, "head_first": head[0],
             "head_rest": phase_seconds(cached) - extraction - head[0],
@@ -373,8 +380,7 @@ def main() -> None:
     (logs / "serving.log").write_text(serving_out + "\n")
     (logs / "scale.log").write_text(scale.text + "\n")
     utilization = {side: [fine_tune_utilization(w) for w in runs] for side, runs in p2.items()}
-    p2_epoch_s = median([float(x) for w in p2["xfer"]
-                         for x in re.findall(r"\] fine-tune epoch \d+:.* \(([\d.]+)s\)", w.text)[1:]])
+    p2_epoch_s = median([s for w in p2["xfer"] for s in epoch_seconds(w.text)["fine-tune"][1:]])
 
     base_rates, pipe_rates = epoch_rates(base.text), epoch_rates(cold.text)
     rows = [

@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import (component_windows, cpu_line, epoch_rates, figures, final_val_accuracy, phase1_parts,  # noqa: E402
+from bench.run import (component_windows, cpu_line, epoch_rates, epoch_seconds, figures, final_val_accuracy, phase1_parts,  # noqa: E402
                        steady)
 
 
@@ -17,6 +17,7 @@ def test_epoch_rates_per_phase_from_both_sides():
     ])
     rates = epoch_rates(text)
     assert rates == {"transfer": [3221.3], "fine-tune": [218.2, 292.5, 304.6]}
+    assert epoch_seconds(text) == {"transfer": [0.5], "fine-tune": [7.3, 5.5, 5.3]}
     assert steady([218.2, 292.5, 304.6]) == (292.5 + 304.6) / 2
     assert steady([100.0, 300.0, 200.0, 900.0]) == 300.0  # median: one odd epoch does not decide
     assert steady([5.0]) == 5.0
