@@ -223,6 +223,17 @@ def cpu_line(cpuinfo: str) -> str:
             f"TensorFlow's oneDNN kernels by default here: {default} (the baseline script's side)")
 
 
+def bench_config(root: Path, data: Path) -> list[str]:
+    """`xfer run` arguments: bench/bench.yaml on the images under `data`, the pipeline under `root`."""
+    return ["--config", str(REPO / "bench" / "bench.yaml"), "--set", f"root={root}",
+            "--set", f"data.input_base={data}", "--set", f"data.labels_file={data / 'labels.txt'}"]
+
+
+def trainer_sets(config: list[str]) -> list[str]:
+    """The same as bench/trainer_alone.py takes them: the config path, then the KEY=VALUE settings."""
+    return [c for c in config if c not in ("--config", "--set")]
+
+
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -240,8 +251,7 @@ def main() -> None:
     for stale in (root, work / "baseline_model", work / "phase1", work / "phase2"):
         shutil.rmtree(stale, ignore_errors=True)
     load = os.getloadavg()
-    config = ["--config", str(REPO / "bench" / "bench.yaml"), "--set", f"root={root}",
-              "--set", f"data.input_base={data}", "--set", f"data.labels_file={data / 'labels.txt'}"]
+    config = bench_config(root, data)
 
     print("[bench] baseline: plain Keras script ...", flush=True)
     base = Watched([PY, str(REPO / "bench" / "baseline_keras.py"), str(data), str(work / "baseline_model")]).run()
@@ -257,7 +267,7 @@ def main() -> None:
                                                          "ExampleValidator", "DataCheck", "Transform", "Trainer"))
                   and "pushed: no new version" in third.text)
 
-    sets = [c for c in config if c not in ("--config", "--set")]
+    sets = trainer_sets(config)
 
     def trainer_alone(out: Path, *overrides: str, on: Path = root, with_sets: list[str] = sets) -> Watched:
         """The Trainer's run_fn on the artifacts of the pipeline run under `on`, with the
@@ -279,10 +289,9 @@ def main() -> None:
     larger_data, larger_root = work / f"data-{P1_LARGER}", work / f"phase1_{P1_LARGER}"
     write(str(larger_data), total=P1_LARGER)
     shutil.rmtree(larger_root, ignore_errors=True)
-    larger_config = ["--config", str(REPO / "bench" / "bench.yaml"), "--set", f"root={larger_root}",
-                     "--set", f"data.input_base={larger_data}", "--set", f"data.labels_file={larger_data / 'labels.txt'}"]
+    larger_config = bench_config(larger_root, larger_data)
     Watched([XFER, "run", *larger_config, "--to", "Transform"]).run()
-    larger_sets = [c for c in larger_config if c not in ("--config", "--set")]
+    larger_sets = trainer_sets(larger_config)
     p1_larger = {mode: trainer_alone(work / "phase1" / f"{mode}_{P1_LARGER}", *phase1,
                                      f"train.transfer.cache_features={mode}", on=larger_root, with_sets=larger_sets)
                  for mode in ("on", "off")}

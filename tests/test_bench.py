@@ -3,8 +3,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import (component_windows, cpu_line, epoch_rates, epoch_seconds, figures, final_val_accuracy, phase1_parts,  # noqa: E402
-                       steady)
+from bench.run import (REPO, bench_config, component_windows, cpu_line, epoch_rates, epoch_seconds, figures, final_val_accuracy, phase1_parts,  # noqa: E402
+                       steady, trainer_sets)
 
 
 def test_epoch_rates_per_phase_from_both_sides():
@@ -81,3 +81,12 @@ def test_cpu_line_names_the_model_and_tensorflows_onednn_default():
                                 "TensorFlow's oneDNN kernels by default here: on (the baseline script's side)")
     assert cpu_line(avx2).endswith("(avx2); TensorFlow's oneDNN kernels by default here: off (the baseline script's side)")
     assert "CPU unknown (none of avx2, avx512)" in cpu_line("")
+
+
+def test_one_config_for_xfer_run_and_for_trainer_alone():
+    config = bench_config(Path("/w/pipeline"), Path("/w/data"))
+    yaml = str(REPO / "bench" / "bench.yaml")
+    assert config == ["--config", yaml, "--set", "root=/w/pipeline", "--set", "data.input_base=/w/data",
+                      "--set", "data.labels_file=/w/data/labels.txt"]
+    assert trainer_sets(config) == [yaml, "root=/w/pipeline", "data.input_base=/w/data",
+                                    "data.labels_file=/w/data/labels.txt"]
