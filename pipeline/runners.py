@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import tempfile
 from typing import Optional
 
 from xfer.pipeline.config import Config, ConfigError
@@ -112,13 +114,46 @@ def pipeline_ir(pipeline):
 STEP_COMMAND = ("python", "-m", "xfer.components.kfp_entrypoint")
 
 
-def compile_kubeflow(config: Config, out: str) -> str:
-    """Write the KFP v2 pipeline spec (PipelineJob JSON) for Kubeflow Pipelines / Vertex."""
-    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+# The template's placeholders mean "fill me in": a compiled spec or a run with them in
+# would fail on the cluster, minutes later, far from the cause.
+def refuse_placeholders(config: Config, command: str) -> None:
+    """Raise a config error naming every key that still holds a template placeholder
+    (YOUR_PROJECT, YOUR_BUCKET: the preflight's rule, preflight.placeholders)."""
+    from xfer.pipeline.preflight import placeholders
 
+    found = placeholders(config)
+    if not found:
+        return
+    template = ("; or, to write a template with the placeholders left in, add --allow-placeholders"
+                if command == "compile" else "")
+    raise ConfigError(f"xfer {command}: {len(found)} config value(s) still hold the template's "
+                      f"placeholders:\n" + "\n".join(f"  - {line}" for line in found)
+                      + f"\nSet them in your config or with --set{template}")
+
+
+def _check_out(out: str) -> str:
+    """The output's format, and its folder checked, before anything is compiled."""
     from xfer.pipeline import kfp_spec
-    from xfer.pipeline.pipeline import create_pipeline
 
+    fmt = kfp_spec.output_format(out)
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ConfigError(f"--out {out}: is a folder; name a file, e.g. {os.path.join(out, 'pipeline.' + fmt)}")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--out {out}: folder {folder} does not exist; create it or write elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: folder {folder} cannot be written")
+    return fmt
+
+
+def compile_kubeflow(config: Config, out: str, target: str = "kubeflow", *,
+                     allow_placeholders: bool = False, command: str = "compile") -> str:
+    """Write the KFP pipeline spec 2.1.0 to `out` (.yaml/.yml or .json): for Kubeflow the
+    bare PipelineSpec its upload takes, for Vertex AI the PipelineJob wrapping it
+    (pipeline/kfp_spec.py). `out` is written whole or not at all."""
+    _check_out(out)
+    if not allow_placeholders:
+        refuse_placeholders(config, command)
     remote = [k for k, v in (("root", config.root), ("data.input_base", config.data.input_base),
                              ("push.destination", config.push.destination)) if v and "://" in v]
     if remote and "://" not in (config.pipeline_root or ""):
@@ -128,23 +163,32 @@ def compile_kubeflow(config: Config, out: str) -> str:
     if not config.kubeflow.image:
         raise ConfigError("kubeflow.image: not set; name the project's container image every step "
                           "runs in, e.g. --set kubeflow.image=REGISTRY/xfer:TAG")
-    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
-            default_image=config.kubeflow.image,
-            # Every step runs TFX's entrypoint through ours: it restores the input types
-            # the open-source launcher leaves empty and resolves spans in the step.
-            default_commands=list(STEP_COMMAND),
-            # Schema 2.1.0 with `constant` values: the open-source API server and driver
-            # accept nothing else; Vertex AI accepts it too.
-            use_pipeline_spec_2_1=True),
-        output_dir=os.path.dirname(os.path.abspath(out)),
-        output_filename=os.path.basename(out))
-    runner.run(create_pipeline(config, for_kubeflow=True))
-    job = kfp_spec.make_conformant(kfp_spec.load(out))
-    problems = kfp_spec.violations(job)
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
+    from xfer.pipeline import kfp_spec
+    from xfer.pipeline.pipeline import create_pipeline
+
+    # TFX writes its PipelineJob JSON in a folder of its own, never at `out`: what reaches
+    # `out` is the finished document, renamed into place.
+    with tempfile.TemporaryDirectory(prefix="xfer-compile-") as folder:
+        runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+            config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+                default_image=config.kubeflow.image,
+                # Every step runs TFX's entrypoint through ours: it restores the input types
+                # the open-source launcher leaves empty and resolves spans in the step.
+                default_commands=list(STEP_COMMAND),
+                # Schema 2.1.0 with `constant` values: the open-source API server and driver
+                # accept nothing else; Vertex AI accepts it too.
+                use_pipeline_spec_2_1=True),
+            output_dir=folder, output_filename="pipeline_job.json")
+        runner.run(create_pipeline(config, for_kubeflow=True))
+        with open(os.path.join(folder, "pipeline_job.json")) as f:
+            job = json.load(f)
+    kfp_spec.make_conformant(job["pipelineSpec"])
+    document = kfp_spec.kubeflow_document(job) if target == "kubeflow" else job
+    problems = kfp_spec.violations(kfp_spec.kubeflow_document(job))
     if problems:
-        os.remove(out)
         raise ValueError("the compiled spec would be refused or mis-run by Kubeflow Pipelines: "
                          + "; ".join(problems))
-    kfp_spec.save(job, out)
+    kfp_spec.write(document, out)
     return out

@@ -1,17 +1,20 @@
 """Submit and schedule the compiled pipeline on Kubeflow Pipelines v2 or Vertex AI.
 
-Both take the same file `xfer compile` writes (KubeflowV2DagRunner's PipelineJob JSON):
-Kubeflow gets its pipelineSpec inline in a run or recurring run (kfp.Client, REST
-v2beta1), Vertex gets the whole PipelineJob (google-cloud-aiplatform).
+Each gets the file `xfer compile --target TARGET` writes: Kubeflow the PipelineSpec YAML
+(read by kfp.Client as a user's upload is read, sent inline in a run or recurring run,
+REST v2beta1, with the run's pipeline root), Vertex the PipelineJob
+(google-cloud-aiplatform). Nothing is compiled or sent while the config holds template
+placeholders, and an endpoint that does not answer is one line naming it, in seconds.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from typing import Iterator, Optional
+from urllib.parse import urlsplit
 
 from xfer.pipeline.config import Config, ConfigError
 
@@ -36,49 +39,119 @@ def kfp_cron(cron: str) -> str:
     raise ConfigError(f"--cron '{cron}': give five fields (minute hour day month weekday), e.g. '0 3 * * *'")
 
 
-@contextlib.contextmanager
-def _compiled(config: Config) -> Iterator[tuple[dict, str]]:
-    """The compiled job, and a folder holding it as pipeline.json; the folder is removed
-    when the submission is done, sent or not."""
-    from xfer.pipeline.runners import compile_kubeflow
+class EndpointUnreachable(ConfigError):
+    """--endpoint names no KFP API this machine reaches: the user's to fix, no trace file."""
 
+
+# A refused or silent endpoint fails within seconds: one connection attempt, no retries
+# (urllib3's default retries three times, printing a warning each time).
+CONNECT_SECONDS = 5
+READ_SECONDS = 60
+ENDPOINT_HINT = ("check the URL (the KFP API, e.g. https://HOST/pipeline) and that this machine "
+                 "reaches it (e.g. kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80, "
+                 "then --endpoint http://localhost:8080)")
+
+
+def _check_config(config: Config, command: str) -> None:
+    """What makes a submission useless, found before anything is compiled or sent."""
+    from xfer.pipeline.runners import refuse_placeholders
+
+    refuse_placeholders(config, command)
     if "://" not in (config.pipeline_root or "") or config.pipeline_root.startswith("file://"):
         raise ConfigError(f"pipeline_root: '{config.pipeline_root}' is local; a cluster's steps cannot "
                           f"reach it. Set pipeline_root to a gs:// (or other object store) path")
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Connect once to the endpoint's host and port, as kfp.Client would (it adds https://
+    to a bare host), so an unreachable one is one line naming it, in seconds."""
+    url = urlsplit(endpoint if endpoint.startswith("http") else "https://" + endpoint)
+    try:
+        host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    except ValueError as e:  # a port that is not a number
+        raise EndpointUnreachable(f"--endpoint {endpoint}: {e}; {ENDPOINT_HINT}") from None
+    if not host:
+        raise EndpointUnreachable(f"--endpoint {endpoint}: no host in it; {ENDPOINT_HINT}")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise EndpointUnreachable(f"--endpoint {endpoint}: cannot connect to {host}:{port} "
+                                  f"({reason}); {ENDPOINT_HINT}") from None
+
+
+@contextlib.contextmanager
+def _compiled(config: Config, target: str, command: str) -> Iterator[str]:
+    """The compiled file, as `xfer compile --target TARGET` writes it, in a folder that is
+    removed when the submission is done, sent or not."""
+    from xfer.pipeline.runners import compile_kubeflow
+
     with tempfile.TemporaryDirectory(prefix="xfer-compiled-") as folder:
-        path = compile_kubeflow(config, os.path.join(folder, "pipeline.json"))
-        with open(path) as f:
-            job = json.load(f)
-        yield job, folder
+        # Kubeflow: the PipelineSpec YAML a user would upload (kfp.Client reads .yaml only).
+        name = "pipeline.yaml" if target == "kubeflow" else "pipeline.json"
+        yield compile_kubeflow(config, os.path.join(folder, name), target, command=command)
 
 
 def _labels(config: Config) -> dict:
     return {"app": "xfer", "pipeline": config.name}
 
 
+def _kfp_client(endpoint: str):
+    """kfp.Client with bounded retries and timeouts on every request it sends."""
+    import warnings
+
+    import kfp
+    import urllib3
+
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": said in the docs
+        warnings.simplefilter("ignore", FutureWarning)
+        client = kfp.Client(host=endpoint)
+    # All of the client's service APIs share one ApiClient and so one urllib3 pool manager,
+    # whose pools are made at the first request with these settings.
+    pools = getattr(getattr(getattr(getattr(client, "_run_api", None), "api_client", None),
+                            "rest_client", None), "pool_manager", None)
+    if pools is not None:
+        pools.connection_pool_kw["retries"] = urllib3.Retry(total=None, connect=0, read=0, status=0,
+                                                            other=0, redirect=5)
+        pools.connection_pool_kw["timeout"] = urllib3.Timeout(connect=CONNECT_SECONDS, read=READ_SECONDS)
+    return client
+
+
 def submit_kubeflow(config: Config, endpoint: str, experiment: str, *,
                     cron: Optional[str] = None) -> Submitted:
-    import kfp
+    import kfp_server_api
+    import urllib3
 
-    with _compiled(config) as (job, folder):
-        spec_path = os.path.join(folder, "pipeline_spec.yaml")  # kfp.Client wants .yaml; JSON is YAML
-        with open(spec_path, "w") as f:
-            json.dump(job["pipelineSpec"], f)
-        params = job.get("runtimeConfig", {}).get("parameterValues") or None
-        client = kfp.Client(host=endpoint)
-        exp = client.create_experiment(name=experiment)  # returns the existing one by that name
+    _check_config(config, "schedule" if cron else "submit")
+    check_endpoint(endpoint)
+    with _compiled(config, "kubeflow", "schedule" if cron else "submit") as spec_path:
+        client = _kfp_client(endpoint)
         name = config.name
-        common = dict(experiment_id=exp.experiment_id, job_name=name, pipeline_package_path=spec_path,
-                      # None: each task keeps its compiled caching (config.enable_cache, and off for
-                      # the steps that read new spans or the served model); a value here would
-                      # overwrite every task's (kfp/client/client.py, _override_caching_options).
-                      params=params, pipeline_root=config.pipeline_root, enable_caching=None)
-        if cron:
-            rr = client.create_recurring_run(cron_expression=kfp_cron(cron), max_concurrency=1,
-                                             no_catchup=True, **common)
-            return Submitted("kubeflow", name, f"{endpoint.rstrip('/')}/#/recurringruns/details/{rr.recurring_run_id}")
-        run = client.run_pipeline(**common)
-        return Submitted("kubeflow", name, f"{endpoint.rstrip('/')}/#/runs/details/{run.run_id}")
+        try:
+            exp = client.create_experiment(name=experiment)  # returns the existing one by that name
+            common = dict(experiment_id=exp.experiment_id, job_name=name, pipeline_package_path=spec_path,
+                          # None: each task keeps its compiled caching (config.enable_cache, and off for
+                          # the steps that read new spans or the served model); a value here would
+                          # overwrite every task's (kfp/client/client.py, _override_caching_options).
+                          params=None, pipeline_root=config.pipeline_root, enable_caching=None)
+            if cron:
+                rr = client.create_recurring_run(cron_expression=kfp_cron(cron), max_concurrency=1,
+                                                 no_catchup=True, **common)
+                return Submitted("kubeflow", name,
+                                 f"{endpoint.rstrip('/')}/#/recurringruns/details/{rr.recurring_run_id}")
+            run = client.run_pipeline(**common)
+            return Submitted("kubeflow", name, f"{endpoint.rstrip('/')}/#/runs/details/{run.run_id}")
+        except urllib3.exceptions.HTTPError as e:  # refused, reset or silent after connecting
+            reason = getattr(e, "reason", None) or e
+            raise EndpointUnreachable(f"--endpoint {endpoint}: the connection failed ({reason}); "
+                                      f"{ENDPOINT_HINT}") from None
+        except kfp_server_api.ApiException as e:
+            if e.status is None or not 400 <= e.status < 500:
+                raise
+            body = " ".join(str(e.body or "").split())[:200]
+            raise ConfigError(f"--endpoint {endpoint}: the server refused the request: HTTP {e.status} "
+                              f"{e.reason}: {body}; check the URL is the KFP API (e.g. https://HOST/pipeline) "
+                              f"and your access to it") from None
 
 
 def submit_vertex(config: Config, project: str, region: str, *, service_account: Optional[str] = None,
@@ -88,8 +161,8 @@ def submit_vertex(config: Config, project: str, region: str, *, service_account:
     which gets anonymous credentials rather than the user's."""
     from google.cloud import aiplatform
 
-    with _compiled(config) as (job, folder):
-        path = os.path.join(folder, "pipeline.json")
+    _check_config(config, "schedule" if cron else "submit")
+    with _compiled(config, "vertex", "schedule" if cron else "submit") as path:
         credentials = None
         init = dict(project=project, location=region)
         if api_endpoint:
