@@ -103,12 +103,20 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    from xfer.pipeline.preflight import placeholders
     from xfer.pipeline.runners import compile_kubeflow
 
     config = load_config(args.config, args.overrides)
-    out = compile_kubeflow(config, args.out)
-    print(f"wrote {out}: Kubeflow Pipelines v2 spec of '{config.name}', image "
-          f"{config.kubeflow.image}, pipeline root {config.pipeline_root}")
+    out = args.out or ("pipeline.yaml" if args.target == "kubeflow" else "pipeline.json")
+    compile_kubeflow(config, out, args.target, allow_placeholders=args.allow_placeholders)
+    what = ("Kubeflow Pipelines PipelineSpec 2.1.0 (upload it as is: the UI's Upload pipeline, "
+            "or kfp pipeline create)" if args.target == "kubeflow" else "Vertex AI PipelineJob")
+    print(f"wrote {out}: {what} of '{config.name}', image {config.kubeflow.image}, "
+          f"pipeline root {config.pipeline_root}")
+    left = placeholders(config) if args.allow_placeholders else []
+    if left:
+        print(f"xfer: note: {out} is a template: {', '.join(line.split(':')[0] for line in left)} "
+              f"still hold placeholders; set them before it runs", file=sys.stderr)
     return 0
 
 
@@ -323,13 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI",
-                       description="Compile the same DAG with KubeflowV2DagRunner to a KFP v2 "
-                                   "PipelineJob JSON. Every step runs in the image kubeflow.image; "
-                                   "artifacts go under pipeline_root (a gs:// path in production).")
+                       description="Compile the same DAG with KubeflowV2DagRunner to a KFP pipeline "
+                                   "spec 2.1.0: for Kubeflow the PipelineSpec file you upload (pipeline "
+                                   "root as its default), for Vertex AI a PipelineJob. Every step runs "
+                                   "in the image kubeflow.image; artifacts go under pipeline_root (a "
+                                   "gs:// path in production).")
     _add_config_args(p)
     p.add_argument("--target", choices=["kubeflow", "vertex"], default="kubeflow",
-                   help="orchestrator to compile for; both get the same KFP pipeline spec 2.1.0")
-    p.add_argument("--out", "-o", default="pipeline.json", help="output file (default: pipeline.json)")
+                   help="orchestrator to compile for; both get the same KFP pipeline spec 2.1.0: "
+                        "kubeflow the bare PipelineSpec its upload takes, vertex a PipelineJob")
+    p.add_argument("--out", "-o",
+                   help="output file, .yaml/.yml or .json, written in that format (default: "
+                        "pipeline.yaml for kubeflow, pipeline.json for vertex)")
+    p.add_argument("--allow-placeholders", action="store_true",
+                   help="write a template even if config values still hold the template's "
+                        "placeholders (YOUR_PROJECT, YOUR_BUCKET); refused otherwise")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("predict", help="classify images (files, a folder, TFRecords) with a pushed model",
