@@ -65,7 +65,7 @@ bench-predict: install
 	$(VENV)/bin/python bench/predict.py
 
 compile: install
-	$(XFER) compile --config kubeflow --out pipeline.json
+	$(XFER) compile --config kubeflow --allow-placeholders --out pipeline.yaml
 
 clean:
 	rm -rf runs pipeline.json
