@@ -8,7 +8,7 @@ XFER := $(VENV)/bin/xfer
 # from source costs ~55 s per process instead of ~17 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install demo test test-fast test-container image compile bench bench-predict clean
+.PHONY: install demo test test-fast test-container image compile bench bench-predict docs clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -56,7 +56,7 @@ image:
 test-fast: install
 	$(VENV)/bin/python -m pytest -v -m "not integration and not container" tests
 
-# The benchmark against the plain-Keras script; writes bench/RESULTS.md (26-28 min on this 2-core AVX-512 CPU, about 40 on the AVX2 one before).
+# The benchmark against the plain-Keras script; writes bench/RESULTS.md (26-28 min on a 2-core AVX-512 CPU, about 40 on a 2-core AVX2 one).
 bench: install
 	$(VENV)/bin/python bench/run.py
 
@@ -64,8 +64,14 @@ bench: install
 bench-predict: install
 	$(VENV)/bin/python bench/predict.py
 
+# The documentation site: the config reference regenerated from components/settings.py,
+# then built with --strict (a broken link or a page missing from the nav fails) into build/site.
+docs: install
+	$(VENV)/bin/python -m xfer.pipeline.config_reference --out docs/reference/config.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 compile: install
 	$(XFER) compile --config kubeflow --allow-placeholders --out pipeline.yaml
 
 clean:
-	rm -rf runs pipeline.json
+	rm -rf runs build/site pipeline.json
