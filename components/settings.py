@@ -73,12 +73,16 @@ class DataConfig(_Strict):
     hash_buckets: dict[str, int] = Field(
         default_factory=lambda: {"train": 4, "eval": 1},
         description="Hash-split ratios used when `splits` is empty.")
-    image_key: str = "image"
-    label_key: str = "label"
+    image_key: str = Field("image", description="The tf.Example feature holding the encoded image bytes.")
+    label_key: str = Field(
+        "label", description="The tf.Example feature holding the label: an integer in [0, classes), or a "
+                             "string (the labels then get a vocabulary).")
     labels_file: Optional[str] = Field(
         None, description="labels.txt, one class name per line, line i naming label i "
                           "(with `builtin`, the embedded dataset's).")
-    num_classes: Optional[int] = Field(None, ge=2)
+    num_classes: Optional[int] = Field(
+        None, ge=2, description="The number of classes when there is no labels_file (labels 0 to "
+                                "num_classes - 1).")
     schema_path: Optional[str] = Field(
         None, description="A curated schema.pbtxt imported with ImportSchemaGen; SchemaGen infers one if unset.")
     on_anomaly: Literal["fail", "warn"] = Field(
@@ -90,7 +94,9 @@ class DataConfig(_Strict):
     max_bad_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="With on_bad_image: skip, the most of a split that may be "
                                           "dropped; more fails the run (the data is broken, not noisy).")
-    spans: SpansConfig = Field(default_factory=SpansConfig)
+    spans: SpansConfig = Field(
+        default_factory=SpansConfig, description="Scheduled data: which spans a run trains on, with {SPAN} "
+                                                 "in the split patterns (e.g. span-{SPAN}/train/*).")
     drift: DriftConfig = Field(
         default_factory=DriftConfig,
         description="Drift between spans, checked when the train pattern has {SPAN} and an older span "
@@ -127,18 +133,27 @@ class DataConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    pooling: Literal["avg", "max", "flatten"] = "avg"
+    pooling: Literal["avg", "max", "flatten"] = Field(
+        "avg", description="How the backbone's feature map becomes a vector: global average or max "
+                           "pooling, or flatten.")
     dense: list[int] = Field(default_factory=list, description="Units of hidden Dense layers, in order.")
-    activation: str = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: str = Field("relu", description="Activation of the hidden Dense layers (a Keras name).")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout rate after each hidden Dense layer, or before the output "
+                                         "layer when there is none (0: no dropout).")
 
 
 class ModelConfig(_Strict):
-    backbone: BackboneName = "mobilenet_v2"
+    backbone: BackboneName = Field(
+        "mobilenet_v2", description="The ImageNet network under the new head (tf.keras.applications "
+                                    "without its top); each owns its input normalization.")
     weights: str = Field("imagenet", description="imagenet | none | path to a weights file (local or gs://)")
     alpha: float = Field(1.0, gt=0.0, description="MobileNetV2 width multiplier.")
-    image_size: int = Field(224, ge=1)
-    head: HeadConfig = Field(default_factory=HeadConfig)
+    image_size: int = Field(
+        224, ge=1, description="Images are resized to image_size x image_size pixels; at least the "
+                               "backbone's minimum (32).")
+    head: HeadConfig = Field(
+        default_factory=HeadConfig, description="The new classification head on the backbone's features.")
 
     @model_validator(mode="after")
     def _size_fits_backbone(self):
@@ -152,8 +167,10 @@ class ModelConfig(_Strict):
 class EarlyStoppingConfig(_Strict):
     monitor: str = Field("val_loss", description="A logged metric, e.g. val_loss or val_accuracy.")
     patience: int = Field(2, ge=0, description="Epochs without improvement before the phase stops.")
-    min_delta: float = Field(0.0, ge=0.0)
-    restore_best_weights: bool = True
+    min_delta: float = Field(0.0, ge=0.0, description="The least change of monitor that counts as an "
+                                                      "improvement.")
+    restore_best_weights: bool = Field(
+        True, description="When the phase ends, go back to the weights of its best epoch.")
 
 
 class _PhaseSchedule(_Strict):
@@ -177,9 +194,10 @@ class _PhaseSchedule(_Strict):
 
 
 class TransferConfig(_PhaseSchedule):
-    epochs: int = Field(3, ge=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    optimizer: Optimizer = "adam"
+    epochs: int = Field(3, ge=0, description="Epochs training the new head on the frozen base (0 skips "
+                                             "phase 1).")
+    learning_rate: float = Field(1e-3, gt=0, description="Phase 1's learning rate (with a schedule, its peak).")
+    optimizer: Optimizer = Field("adam", description="Phase 1's optimizer.")
     early_stopping: Optional[EarlyStoppingConfig] = Field(
         None, description="Stop phase 1 when `monitor` stops improving (null: run every epoch).")
     cache_features: Literal["auto", "on", "off"] = Field(
@@ -194,28 +212,39 @@ class TransferConfig(_PhaseSchedule):
 
 
 class FineTuneConfig(_PhaseSchedule):
-    enabled: bool = True
-    epochs: int = Field(3, ge=0)
-    learning_rate: float = Field(1e-5, gt=0)
+    enabled: bool = Field(True, description="Run phase 2 after phase 1; false stops after phase 1.")
+    epochs: int = Field(3, ge=0, description="Phase 2's epochs, numbered after phase 1's.")
+    learning_rate: float = Field(
+        1e-5, gt=0, description="Phase 2's learning rate (with a schedule, its peak), usually 10 to 100 "
+                                "times below phase 1's.")
     base_lr_factor: float = Field(
         1.0, gt=0.0, le=1.0, description="The unfrozen base layers learn at learning_rate x this, the head "
                                          "at learning_rate (fastai's discriminative rates); exact for every "
                                          "optimizer (adam, rmsprop and sgd alike).")
-    optimizer: Optimizer = "adam"
+    optimizer: Optimizer = Field("adam", description="Phase 2's optimizer (a new one, not phase 1's).")
     from_layer: Optional[str] = Field(
-        None, description="Unfreeze the base from this layer on (e.g. block5_conv1).")
-    fraction: float = Field(0.2, gt=0.0, le=1.0, description="Else unfreeze this top fraction of base layers.")
+        None, description="Unfreeze the base from this layer on: the layer and every base layer after it "
+                          "train in phase 2, the layers before it stay frozen (BatchNorm layers always "
+                          "stay frozen). A layer name of the backbone, e.g. block5_conv1 for vgg16; a name "
+                          "that is not a layer of it is a preflight error listing the closest names. "
+                          "null: `fraction` decides.")
+    fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="With no from_layer: unfreeze this top fraction of the base's "
+                                         "layers (0.2: the last 20%).")
     early_stopping: Optional[EarlyStoppingConfig] = Field(
         None, description="Stop phase 2 when `monitor` stops improving (null: run every epoch).")
 
 
 class AugmentConfig(_Strict):
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
+    horizontal_flip: bool = Field(False, description="Mirror images left-right at random.")
+    vertical_flip: bool = Field(False, description="Flip images upside down at random.")
     rotation: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of a full turn (40 degrees ~ 0.11).")
-    zoom: float = Field(0.0, ge=0.0, lt=1.0)
-    translation: float = Field(0.0, ge=0.0, lt=1.0)
-    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    zoom: float = Field(0.0, ge=0.0, lt=1.0, description="Zoom in or out at random by up to this fraction "
+                                                         "of the image's size.")
+    translation: float = Field(0.0, ge=0.0, lt=1.0, description="Shift at random by up to this fraction of "
+                                                                "the image's width and height.")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="Change the contrast at random by a factor in "
+                                                             "[1 - contrast, 1 + contrast].")
     mixup: float = Field(
         0.0, ge=0.0, description="MixUp's Beta(alpha, alpha) (0: off; timm uses 0.8): each training batch "
                                  "blended with itself reversed, labels likewise (soft labels).")
@@ -233,13 +262,20 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Examples per training step, in both phases.")
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="Default: one pass over the train split.")
-    shuffle_buffer: int = Field(1024, ge=1)
-    seed: int = 42
-    transfer: TransferConfig = Field(default_factory=TransferConfig)
-    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    shuffle_buffer: int = Field(1024, ge=1, description="Examples in the train split's shuffle buffer.")
+    seed: int = Field(42, description="The Trainer's random seed: initial weights, shuffling, augmentation, "
+                                      "MixUp and CutMix draws.")
+    transfer: TransferConfig = Field(
+        default_factory=TransferConfig, description="Phase 1, transfer: the base frozen (BatchNorm in "
+                                                    "inference mode), the new head trained.")
+    fine_tune: FineTuneConfig = Field(
+        default_factory=FineTuneConfig, description="Phase 2, fine-tune: the top of the base unfrozen and "
+                                                    "trained with the head at a lower learning rate.")
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="Random augmentation on the fly, training split only "
+                                                   "(never in evaluation or serving).")
     strategy: StrategyKind = Field(
         "auto", description="auto: TPU if configured or found, multi-worker if TF_CONFIG names "
                             "several workers, mirrored if several GPUs, else default.")
@@ -323,13 +359,13 @@ class EvalConfig(_Strict):
 
 
 class ModelRegistryConfig(_Strict):
-    project: str
-    region: str
-    display_name: str
+    project: str = Field(description="Google Cloud project of the Model Registry.")
+    region: str = Field(description="Vertex AI region, e.g. us-central1.")
+    display_name: str = Field(description="The model's display name in the registry.")
     serving_container_image: str = Field(
         description="e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-16:latest")
     parent_model: Optional[str] = Field(None, description="Register as a new version of this model.")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels on each registered version.")
 
 
 class PushConfig(_Strict):
@@ -359,17 +395,19 @@ class ResourcesConfig(_Strict):
     cpu: Optional[float] = Field(None, gt=0, description="vCPU limit.")
     memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit in GB.")
     accelerator: Optional[str] = Field(
-        None, description="e.g. NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3 (Vertex/KFP accelerator type).")
-    accelerator_count: int = Field(1, ge=1)
+        None, description="On Vertex AI an accelerator type (e.g. NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3); on "
+                          "Kubeflow a Kubernetes resource name (e.g. nvidia.com/gpu).")
+    accelerator_count: int = Field(1, ge=1, description="Accelerators of that type for the step.")
 
 
 class DataflowConfig(_Strict):
     """The heavy Beam steps on Dataflow, in the project image."""
-    project: str
-    region: str
+    project: str = Field(description="Google Cloud project Dataflow runs in.")
+    region: str = Field(description="Dataflow region, e.g. us-central1.")
     temp_location: str = Field(description="gs:// folder for Dataflow's temporary files.")
-    machine_type: Optional[str] = None
-    max_num_workers: Optional[int] = Field(None, ge=1)
+    machine_type: Optional[str] = Field(None, description="Worker machine type (null: Dataflow's default).")
+    max_num_workers: Optional[int] = Field(
+        None, ge=1, description="Most workers Dataflow may scale to (null: Dataflow's default).")
 
     def args(self, image: str) -> list[str]:
         a = ["--runner=DataflowRunner", f"--project={self.project}", f"--region={self.region}",
@@ -384,12 +422,13 @@ class DataflowConfig(_Strict):
 
 class VertexTrainingConfig(_Strict):
     """Run the Trainer as a Vertex AI custom job (tfx.extensions.google_cloud_ai_platform)."""
-    project: str
-    region: str
-    machine_type: str = "n1-standard-8"
-    accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4")
-    accelerator_count: int = Field(1, ge=1)
-    replica_count: int = Field(1, ge=1)
+    project: str = Field(description="Google Cloud project of the training job.")
+    region: str = Field(description="Vertex AI region, e.g. us-central1.")
+    machine_type: str = Field("n1-standard-8", description="Machine type of each replica.")
+    accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4 (null: no accelerator).")
+    accelerator_count: int = Field(1, ge=1, description="Accelerators per replica.")
+    replica_count: int = Field(1, ge=1, description="Replicas in the job's worker pool; several train "
+                                                    "together (TF_CONFIG set by Vertex AI).")
 
 
 class KubeflowConfig(_Strict):
@@ -442,19 +481,42 @@ class PusherSettings(_StepSettings):
 
 
 class Config(_Strict):
-    name: str = Field("xfer", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field("xfer", pattern=r"^[a-z0-9][a-z0-9-]*$",
+                      description="The pipeline's name: its runs' name in the metadata store and on Kubeflow "
+                                  "/ Vertex AI (lowercase letters, digits and hyphens).")
     root: str = Field("runs/xfer", description="Local working folder; other paths default under it.")
-    pipeline_root: Optional[str] = None
-    metadata_path: Optional[str] = None
-    enable_cache: bool = True
-    beam_pipeline_args: list[str] = Field(default_factory=lambda: ["--direct_running_mode=in_memory"])
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    push: PushConfig = Field(default_factory=PushConfig)
+    pipeline_root: Optional[str] = Field(
+        None, description="Where the steps write their artifacts (local or gs://; a gs:// path on Kubeflow "
+                          "and Vertex AI). Default: <root>/pipeline_root.")
+    metadata_path: Optional[str] = Field(
+        None, description="The local ML Metadata store (SQLite) that xfer runs and xfer show read. "
+                          "Default: <root>/metadata.sqlite.")
+    enable_cache: bool = Field(
+        True, description="Take a step from cache when its inputs, settings and code are unchanged; "
+                          "false runs every step.")
+    beam_pipeline_args: list[str] = Field(
+        default_factory=lambda: ["--direct_running_mode=in_memory"],
+        description="Arguments for the Beam steps (ImportExampleGen, StatisticsGen, DataCheck, Transform, "
+                    "Evaluator). Unless they name a runner (or kubeflow.dataflow is set), the steps get "
+                    "Beam's in-process runner with this running mode; in_memory (one process a step) is "
+                    "the fastest at laptop scale.")
+    data: DataConfig = Field(description="Where the examples come from, and how they are checked.")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="The network: the backbone, its weights, the input size "
+                                                 "and the new head.")
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="The Trainer: phase 1 (transfer), phase 2 (fine-tune), "
+                                                 "augmentation, devices.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="The blessing: the Evaluator's thresholds a new model must "
+                                                "pass to be pushed. At least one must be set.")
+    push: PushConfig = Field(default_factory=PushConfig,
+                             description="Where blessed models go, as numbered versions.")
     serving: ServingConfig = Field(default_factory=ServingConfig)
-    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+    kubeflow: KubeflowConfig = Field(
+        default_factory=KubeflowConfig, description="Kubeflow Pipelines and Vertex AI (xfer compile, submit "
+                                                    "and schedule): the image, resources per step, "
+                                                    "Dataflow, Vertex AI training.")
 
     @model_validator(mode="after")
     def _served_tta_is_evaluated(self):
