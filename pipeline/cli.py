@@ -146,6 +146,13 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from xfer.pipeline.ui import serve
+
+    serve(load_config(args.config, args.overrides), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_predict(args) -> int:
     import os
 
@@ -329,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id (from `xfer runs`), or 'latest'")
     p.add_argument("component", nargs="?", help="only this component (e.g. Evaluator)")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("ui", help="look at the runs in a browser (read-only local server)",
+                       description="A read-only web view of the config's runs: the runs table, each "
+                                   "run's DAG with its steps' states and seconds, every view `xfer show` "
+                                   "has (plots included), two runs compared; a running run updates live.")
+    _add_config_args(p)
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; the pages show "
+                        "artifact paths and plots to whoever can reach it)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI",
                        description="Compile the same DAG with KubeflowV2DagRunner to a KFP pipeline "
