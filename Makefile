@@ -8,7 +8,7 @@ XFER := $(VENV)/bin/xfer
 # from source costs ~55 s per process instead of ~17 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install demo test test-fast test-container image compile bench bench-predict docs clean
+.PHONY: install demo test test-fast test-container image compile bench bench-predict docs clean browser
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -31,7 +31,12 @@ define in_own_tmp
 	rm -rf $$tmp; exit $$rc
 endef
 
-test: install
+# The browser tests' Chromium and its driver (tests/test_ui_browser.py), from Debian (needs
+# root; Selenium Manager cannot download a browser here).
+browser:
+	@test -x /usr/bin/chromedriver || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
+test: install browser
 	$(call in_own_tmp,$(VENV)/bin/python -m pytest -v -rs --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not container" tests)
 
 # The compiled Kubeflow pipeline run by KFP's own local executor (kfp.local, DockerRunner)
