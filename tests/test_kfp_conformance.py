@@ -1,5 +1,9 @@
 """The compiled spec against the rules of the open-source Kubeflow Pipelines backend
-(kubeflow/pipelines, tag 2.17.0, unchanged at its head when read) and Vertex AI.
+(kubeflow/pipelines, tag 2.17.0, unchanged at its head when read) and Vertex AI, read
+from the file `xfer compile` writes, as written, the way the API server reads an upload
+(backend/src/apiserver/template/template.go, isV2Spec / isPipelineSpec: YAML documents, each
+parsed strictly, unknown fields refused, as a PipelineSpec with pipelineInfo.name and root;
+see tests/kfp_upload.py).
 
 Each assertion names the backend file that enforces the rule. The rules are written
 here from those files, not imported from pipeline/kfp_spec.py, so this test does not
@@ -12,8 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import CIFAR, CONFIGS, xfer
+from kfp_upload import pipeline_specs_as_the_api_server_reads
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ["python", "-m", "xfer.components.kfp_entrypoint"]
@@ -57,35 +63,59 @@ def backend_refusals(spec: dict) -> list:
     return out
 
 
+SPAN_CONFIG = ["--config", str(CONFIGS / "cifar_small.yaml"), "--set", "kubeflow.image=registry.example/xfer:1",
+               "--set", "pipeline_root=gs://bucket/root", "--set", f"data.input_base={CIFAR}",
+               "--set", f"data.labels_file={CIFAR / 'labels.txt'}",
+               "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}']
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    out = tmp_path_factory.mktemp("spec") / "pipeline.json"
-    xfer("compile", "--config", str(CONFIGS / "cifar_small.yaml"), "--set", "kubeflow.image=registry.example/xfer:1",
-         "--set", "pipeline_root=gs://bucket/root", "--set", f"data.input_base={CIFAR}",
-         "--set", f"data.labels_file={CIFAR / 'labels.txt'}",
-         "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}', "--out", str(out))
-    return json.loads(out.read_text())
+def compiled_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spec") / "pipeline.yaml"  # the name KFP users upload
+    xfer("compile", *SPAN_CONFIG, "--out", str(out))
+    return out
 
 
-def test_the_spec_parses_strictly_as_a_kfp_pipeline_spec(compiled):
-    # backend/src/apiserver/template/template.go (isPipelineSpec): protojson.Unmarshal with
-    # unknown fields refused; the PipelineJob wrapper TFX writes is not a PipelineSpec.
+@pytest.fixture(scope="module")
+def compiled(compiled_file):
+    specs = pipeline_specs_as_the_api_server_reads(compiled_file)
+    assert len(specs) == 1, f"{len(specs)} pipeline specs in {compiled_file}"
+    return specs[0][0]
+
+
+def test_the_file_as_written_is_what_the_api_server_takes(compiled_file, compiled):
+    # One YAML document, not JSON inside a .yaml name, and no other document in the stream.
+    text = compiled_file.read_text()
+    assert not text.lstrip().startswith("{")
+    assert len(list(yaml.safe_load_all(text))) == 1
+    # v2_template.go (NewV2SpecTemplate): "KFP only supports schema version 2.1.0".
+    assert compiled["schemaVersion"] == "2.1.0"
+    assert compiled["pipelineInfo"]["name"] == "xfer-cifar-test" and compiled["root"]["dag"]["tasks"]
+    # What Vertex's PipelineJob wrapper held in runtimeConfig: the pipeline root, here the
+    # spec's default, which the KFP UI offers for a run (frontend/src/pages/NewRunV2.tsx).
+    assert compiled["defaultPipelineRoot"] == "gs://bucket/root"
+
+
+def test_the_vertex_wrapper_is_refused_as_kubeflow_would_refuse_it(tmp_path):
+    """The PipelineJob wrapper (displayName, pipelineSpec, runtimeConfig) has no document
+    the API server takes: "unknown template format"."""
+    out = tmp_path / "vertex.yaml"
+    xfer("compile", *SPAN_CONFIG, "--target", "vertex", "--out", str(out))
+    assert pipeline_specs_as_the_api_server_reads(out) == []
+    job = yaml.safe_load(out.read_text())
+    assert set(job) >= {"displayName", "pipelineSpec", "runtimeConfig"}
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
-
-    spec = pipeline_spec_pb2.PipelineSpec()
-    json_format.ParseDict(compiled["pipelineSpec"], spec)  # raises on any unknown field
-    assert spec.pipeline_info.name and spec.root.dag.tasks
-    with pytest.raises(json_format.ParseError):
-        json_format.ParseDict(compiled, pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob(), ignore_unknown_fields=False)
 
 
 def test_the_open_source_backend_would_accept_and_run_it(compiled):
-    assert backend_refusals(compiled["pipelineSpec"]) == []
+    assert backend_refusals(compiled) == []
 
 
 def test_every_step_runs_the_type_restoring_entrypoint_with_its_input_definitions(compiled):
-    for name, executor in compiled["pipelineSpec"]["deploymentSpec"]["executors"].items():
+    for name, executor in compiled["deploymentSpec"]["executors"].items():
         container = executor["container"]
         assert container["command"] == ENTRYPOINT, name
         # Pipeline spec 2.1 passes the component's input definitions, from which the
@@ -95,7 +125,7 @@ def test_every_step_runs_the_type_restoring_entrypoint_with_its_input_definition
 
 
 def test_span_data_and_the_served_model_are_never_taken_from_a_cache(compiled):
-    tasks = compiled["pipelineSpec"]["root"]["dag"]["tasks"]
+    tasks = compiled["root"]["dag"]["tasks"]
     # A KFP cache key is the task's inputs: the same {SPAN} pattern after a new span
     # lands, and no input at all for the served model.
     for name in ("ImportExampleGen", "ServedBaseline"):
