@@ -32,6 +32,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 # Exit codes beyond 1 (an error) and 2 (a config error), for schedulers.
 EXIT_ROOT_BUSY = 3     # another run holds the root
 EXIT_NOT_BLESSED = 4   # --require-blessed and the model was not blessed
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports a process it ends: 128 + 2
+# What an interrupted command leaves, said on the one line Ctrl-C gets.
+INTERRUPTED_NOTE = {
+    "run": " (the next run on this root clears what this one left; a Trainer resumes from its last finished epoch)",
+    "lr-find": " (the range test writes nothing until it ends; the next run on this root clears any step it left)",
+}
 
 
 def cmd_run(args) -> int:
@@ -46,7 +52,8 @@ def cmd_run(args) -> int:
     to_nodes = [args.to_node] if args.to_node else None
     try:
         summary = run_local(config, from_nodes=from_nodes, to_nodes=to_nodes, check_only=args.check)
-    except ConfigError:
+    except ConfigError as e:
+        _save_failed_result(config, e, started_at)  # after a first step too, a run has its result
         raise
     except RunInProgress as e:
         print(f"xfer: {e}", file=sys.stderr)
@@ -70,7 +77,7 @@ def cmd_run(args) -> int:
 
 
 def _save_failed_result(config, failed: Exception, started_at: float) -> None:
-    """result.json for a run that failed in a step (none when it failed before any step ran)."""
+    """result.json for a run that failed in or after a step (none when it failed before any step ran)."""
     from xfer.pipeline.summary import result, save_result, summarize
 
     try:
@@ -497,3 +504,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the user knows why; a trace would bury the one line
+        print(f"xfer: interrupted{INTERRUPTED_NOTE.get(args.command, '')}", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -92,8 +92,43 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
                   flush=True)
         for line in interrupted.clean_up(config):
             print(f"[xfer] {line}", flush=True)
+        if from_nodes:
+            require_upstream(config, ir, run_options)
         LocalDagRunner().run_with_ir(ir, run_options=run_options)
     return summarize(config.metadata_path, config.name, run_id)
+
+
+def require_upstream(config: Config, ir, run_options) -> None:
+    """A partial run takes the outputs of every step before --from from the latest run;
+    a step that did not succeed there would stop TFX with "No previous successful
+    executions found for node_id X" after it has registered an empty run, which then
+    becomes the latest run and fails the next --from too. Checked first, naming the step."""
+    import copy
+
+    from tfx.orchestration.portable import partial_run_utils
+
+    from xfer.pipeline import store as mlmd
+
+    marked = copy.deepcopy(ir)
+    opts = run_options.partial_run
+    partial_run_utils.mark_pipeline(marked, from_nodes=opts.from_nodes or None, to_nodes=opts.to_nodes or None,
+                                    snapshot_settings=opts.snapshot_settings)
+    reused = [n.pipeline_node.node_info.id for n in marked.nodes
+              if partial_run_utils._reuse_artifact_required(n.pipeline_node.execution_options)]  # noqa: SLF001
+    store = mlmd.open_store(config.metadata_path)
+    runs = mlmd.pipeline_runs(store, config.name)
+    if not runs:
+        raise ConfigError(f"--from {opts.from_nodes[0]}: no earlier run of '{config.name}' in "
+                          f"{config.metadata_path} to take the steps before it from; run without --from first")
+    latest = runs[-1]
+    states = {node: mlmd.state_name(ex) for node, ex in mlmd.step_executions(store, latest, config.name)}
+    missing = [n for n in reused if states.get(n) not in ("executed", "cached")]
+    if missing:
+        said = "; ".join(f"{n}: {states[n]} there" if n in states else f"{n}: did not run there" for n in missing)
+        raise ConfigError(
+            f"--from {opts.from_nodes[0]} takes the steps before it from the latest run ({latest.name}), but "
+            f"{', '.join(missing)} did not succeed in it ({said}). Run the whole pipeline (without --from), "
+            f"or start at that step: --from {missing[0]}")
 
 
 def pipeline_ir(pipeline):

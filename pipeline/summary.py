@@ -27,7 +27,8 @@ class RunSummary:
     examples: dict[str, int] = field(default_factory=dict)  # split -> records kept by DataCheck
     bad_records: Optional[int] = None                     # skipped by DataCheck (None: did not run)
     bad_records_file: Optional[str] = None
-    drifted: Optional[int] = None  # kinds over data.drift thresholds (None: not compared)
+    # Kinds over data.drift thresholds, each {kind, key, distance, limit} (None: not compared).
+    drifted: Optional[list[dict]] = None
     model_card: Optional[str] = None  # the pushed version's MODEL_CARD.md
 
 
@@ -42,6 +43,8 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
     evaluation_uri = blessed = None
     for node, ex in mlmd.step_executions(store, run, pipeline_name):
         summary.states[node] = mlmd.state_name(ex)
+        if node == "DataCheck" and summary.states[node] in ("executed", "cached", "failed"):
+            summary.drifted = drifted_kinds(store, ex)
         summary.durations[node] = (ex.last_update_time_since_epoch - ex.create_time_since_epoch) / 1000.0
         if summary.started_ms is None or ex.create_time_since_epoch < summary.started_ms:
             summary.started_ms = ex.create_time_since_epoch
@@ -64,13 +67,55 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
             elif type_name == "Examples" and node == "DataCheck" and summary.states[node] in ("executed", "cached"):
                 summary.bad_records = int(mlmd.custom_property(a, "bad_records") or 0)
                 summary.examples = _kept(a.uri)
-                drifted = mlmd.custom_property(a, "drifted")
-                summary.drifted = int(drifted) if drifted is not None else None
                 if summary.bad_records:
                     summary.bad_records_file = os.path.join(a.uri, "bad_records.json")
     if evaluation_uri is not None:
         summary.blessing = read_blessing(evaluation_uri, bool(blessed), _model_class_names(summary.model_uri))
     return summary
+
+
+def drifted_kinds(store, data_check) -> Optional[list[dict]]:
+    """The kinds DataCheck's drift gate found over their data.drift threshold, as it
+    computed them: its drift.json when it finished (data.on_anomaly: warn); when the gate
+    stopped the run (fail), TFX removed that output, so the same comparison
+    (data_check.compare_spans) of the span statistics DataCheck read, against the
+    thresholds it was given. None: no spans were compared."""
+    import json
+
+    import tensorflow as tf
+
+    from xfer.components.data_check import DRIFT, compare_spans
+    from xfer.components.import_gen import read_span_stats
+
+    compared = None
+    try:
+        for type_name, a in mlmd.output_artifacts(store, data_check.id):
+            path = os.path.join(a.uri, DRIFT)
+            if type_name == "Examples" and tf.io.gfile.exists(path):
+                with tf.io.gfile.GFile(path) as f:
+                    compared = json.load(f)
+        if compared is None:
+            thresholds = mlmd.custom_property(data_check, "drift")  # TFX keeps parameters on the execution
+            stats = next((read_span_stats(a.uri) for a in _inputs(store, data_check.id, "Examples")), None)
+            if thresholds is None or stats is None:
+                return None
+            compared = compare_spans(stats, json.loads(thresholds))
+    except (OSError, ValueError, KeyError, tf.errors.OpError):
+        return None  # an output from before drift was kept, or removed since: not known
+    if compared["previous"] is None:
+        return None
+    return [{"kind": k["kind"], "key": k["key"], "distance": k["linf"], "limit": k["threshold"]}
+            for k in compared["kinds"] if k["drifted"]]
+
+
+def _inputs(store, execution_id: int, type_name: str) -> list:
+    """The artifacts of a type an execution read."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    events = store.get_events_by_execution_ids([execution_id])
+    ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.INPUT]
+    return [a for a in (store.get_artifacts_by_id(ids) if ids else [])
+            if store.get_artifact_types_by_id([a.type_id])[0].name == type_name]
 
 
 def _kept(checked_uri: str) -> dict[str, int]:
@@ -94,7 +139,12 @@ def status(summary: RunSummary, live_run_id: Optional[str] = None) -> str:
 
 
 def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Optional[str] = None) -> dict:
-    """The run as a scheduler or an alerting hook reads it (result.json, `xfer runs --json`)."""
+    """The run as a scheduler or an alerting hook reads it (result.json, `xfer runs --json`).
+    `error`: the line that ended the run; with it the run is failed, unless its steps show
+    it was interrupted (then `error` says how it was found)."""
+    run_status = status(summary, live_run_id)
+    if error and run_status != "interrupted":
+        run_status = "failed"
     b = summary.blessing
     thresholds = []
     if b is not None:
@@ -115,12 +165,13 @@ def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Op
     else:
         pushed = None
         why_not = ("not blessed" if b is not None and not b.blessed else
-                   "the run failed" if error or status(summary, live_run_id) == "failed" else
+                   "the run failed" if run_status == "failed" else
+                   "the run was interrupted" if run_status == "interrupted" else
                    "not evaluated (the run stopped before the Evaluator)" if b is None else "not pushed")
     return {
         "run_id": summary.run_id,
         "started": _when(summary.started_ms) if summary.started_ms else None,
-        "status": "failed" if error else status(summary, live_run_id),
+        "status": run_status,
         "error": error,
         "steps": summary.states,
         "seconds": {k: round(v, 1) for k, v in summary.durations.items()},
@@ -173,7 +224,7 @@ def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None
         lines.append(b.headline(ev))
         lines += b.report(ev)
     if summary.drifted:
-        lines.append(f"drift: {summary.drifted} kind(s) over the data.drift thresholds, trained anyway "
+        lines.append(f"drift: {len(summary.drifted)} kind(s) over the data.drift thresholds, trained anyway "
                      f"(data.on_anomaly: warn); `xfer show {summary.run_id} DataCheck` compares the spans")
     if summary.bad_records:
         lines.append(f"bad records skipped: {summary.bad_records} (data.on_bad_image: skip), listed in "
