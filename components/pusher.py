@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from typing import Any, Callable, Optional
 
@@ -50,27 +51,41 @@ from xfer.components.settings import PusherSettings
 
 COMPLETE_MARKER = "_XFER_COMPLETE"
 SOURCE_FILE = "xfer_source.json"
+VERSION_NAME = re.compile(r"[0-9]+")
+
+
+def version_number(name: str) -> Optional[int]:
+    """The version a folder under a push destination stands for, or None: ASCII digits
+    only. `str.isdigit` also accepts Unicode digits ('²', '1²', '١'), on which int()
+    fails or reads another number; such a folder is not a version, whoever made it.
+    Every place that lists versions goes through here (this module's listings; the
+    baseline, the warm start and `xfer predict` read them)."""
+    name = name.rstrip("/")  # gs:// listings end folder names with '/'
+    return int(name) if VERSION_NAME.fullmatch(name) else None
+
+
+def numbered_folders(base: str) -> dict[int, str]:
+    """{version: folder name} of every numbered folder under `base`, complete or not."""
+    if not tf.io.gfile.exists(base):
+        return {}
+    found = {}
+    for name in tf.io.gfile.listdir(base):
+        number = version_number(name)
+        if number is not None:
+            found[number] = name.rstrip("/")
+    return found
 
 
 def complete_versions(base: str) -> list[int]:
     """The numbered versions under `base` that were written completely, ascending."""
-    if not tf.io.gfile.exists(base):
-        return []
-    versions = []
-    for name in tf.io.gfile.listdir(base):
-        name = name.rstrip("/")
-        if name.isdigit() and tf.io.gfile.exists(os.path.join(base, name, COMPLETE_MARKER)):
-            versions.append(int(name))
-    return sorted(versions)
+    return sorted(number for number, name in numbered_folders(base).items()
+                  if tf.io.gfile.exists(os.path.join(base, name, COMPLETE_MARKER)))
 
 
 def highest_version(base: str) -> int:
     """The highest numbered folder under `base`, complete or not (0 if none): the next
     version must not collide with any of them, whoever wrote them."""
-    if not tf.io.gfile.exists(base):
-        return 0
-    numbers = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(base) if n.rstrip("/").isdigit()]
-    return max(numbers, default=0)
+    return max(numbered_folders(base), default=0)
 
 
 def latest_version_dir(base: str) -> Optional[str]:
@@ -98,7 +113,10 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
     if versions:
         latest = os.path.join(base, str(versions[-1]))
         # The same model asking for another export is a new version: a version never changes.
-        if _source_of(latest) == source:
+        # A latest version whose saved_model.pb is damaged is pushed again as a new one:
+        # a model server cannot load it, and only a newer version replaces it.
+        from xfer.components.served_versions import damage
+        if _source_of(latest) == source and damage(latest) is None:
             return latest, False
     # After every numbered folder there, not only the complete ones: foreign or
     # half-written folders are left alone, and never collided with.

@@ -6,6 +6,11 @@ reaches the Trainer as TFX's `base_model` input. Both phases then start from all
 weights, head included, instead of `model.weights`, when the class list and the model's
 shape are unchanged; otherwise the Trainer falls back to `model.weights` and says why in
 one line. A run's log says which weights it started from.
+
+WarmStartModel hands on only a version that passed components/served_versions.py's
+check (a damaged one passed over, a foreign one stops the run before training). This
+side still reads the class names size-bounded and falls back, in its one line, on a
+model that does not load as Keras: base_model is an input like any other.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from xfer.components.labels import read_labels_file
+from xfer.components.served_versions import damage, read_class_names
 
 
 def _shapes_differ(served: list, ours: list) -> Optional[str]:
@@ -34,12 +39,22 @@ def warm_start(classifier: tf.keras.Model, base_model: Optional[str], names: lis
     prefix = "[xfer] warm start (train.warm_start: served):"
     if not base_model or not tf.io.gfile.exists(os.path.join(base_model, "saved_model.pb")):
         return False, f"{prefix} no model served yet; starting from {fallback}"
-    labels_path = os.path.join(base_model, "assets.extra", "labels.txt")
-    served_names = read_labels_file(labels_path) if tf.io.gfile.exists(labels_path) else None
+    served_names = read_class_names(base_model)[0]
     if served_names != list(names):
         return False, (f"{prefix} the class list changed (served: {', '.join(served_names or ['unknown'])}; "
                        f"this run: {', '.join(names)}); starting from {fallback}")
-    served = tf.keras.models.load_model(base_model, compile=False)
+    damaged = damage(base_model)  # TensorFlow's reader trusts its input: plain protobuf first
+    if damaged:
+        return False, f"{prefix} the served model at {base_model} is damaged: {damaged}; starting from {fallback}"
+    try:
+        served = tf.keras.models.load_model(base_model, compile=False)
+    except Exception as e:  # noqa: BLE001 - any failure to load: the documented fallback
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return False, (f"{prefix} the served model at {base_model} does not load as a Keras model "
+                       f"({type(e).__name__}: {first}); starting from {fallback}")
+    if not isinstance(served, tf.keras.Model):
+        return False, (f"{prefix} the served model at {base_model} is a SavedModel but not a Keras "
+                       f"model ({type(served).__name__}); starting from {fallback}")
     problem = _shapes_differ(served.weights, classifier.weights)
     if problem is not None:
         return False, (f"{prefix} the model changed (backbone, image size or head): {problem}; "

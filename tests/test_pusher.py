@@ -9,10 +9,21 @@ from xfer.components import pusher
 from tfx.utils import io_utils
 
 
+def saved_model_pb(note: str = "") -> bytes:
+    """A saved_model.pb that parses and holds a graph tagged 'serve' (no signatures):
+    enough for the Pusher, which reads only that much of a version it may re-push."""
+    from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+    graph = meta_graph_pb2.MetaGraphDef()
+    graph.meta_info_def.tags.append("serve")
+    graph.meta_info_def.meta_graph_version = note
+    return saved_model_pb2.SavedModel(saved_model_schema_version=1, meta_graphs=[graph]).SerializeToString()
+
+
 def fake_model(tmp_path, name="m"):
     d = tmp_path / name
     (d / "variables").mkdir(parents=True)
-    (d / "saved_model.pb").write_bytes(b"pb" * 1000)
+    (d / "saved_model.pb").write_bytes(saved_model_pb(name))
     (d / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(200_000))
     return str(d)
 
@@ -24,7 +35,7 @@ def test_versions_are_numbered_and_a_repeat_push_adds_none(tmp_path):
     assert pusher.push_version(m1, "uri://model/1", base, keep=None) == (os.path.join(base, "1"), False)
     assert pusher.push_version(m2, "uri://model/2", base, keep=None) == (os.path.join(base, "2"), True)
     assert pusher.complete_versions(base) == [1, 2]
-    assert open(os.path.join(base, "2", "saved_model.pb"), "rb").read() == b"pb" * 1000
+    assert open(os.path.join(base, "2", "saved_model.pb"), "rb").read() == saved_model_pb("m2")
 
 
 def test_keep_removes_oldest_versions(tmp_path):
