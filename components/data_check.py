@@ -19,6 +19,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from xfer.components.import_gen import SPAN_STATS, SPANS_PROPERTY, read_provenance, read_span_stats
+from xfer.components.labels import label_value_problem
 from xfer.components.tfrecords import compression_of, fingerprint, label_text
 
 ID_KEYS = ("id", "filename")
@@ -106,7 +107,7 @@ class _Check(beam.DoFn):
 
     def _label_problem(self, features) -> str:
         """Why the record's label cannot train, or '' (string labels get a vocabulary
-        in Transform: only their presence is checked)."""
+        in Transform, so each value must be a usable class name: components/labels.py)."""
         if self.label_key not in features:
             return f"no label: feature '{self.label_key}' is missing"
         f = features[self.label_key]
@@ -116,6 +117,8 @@ class _Check(beam.DoFn):
         if f.int64_list.value and self.num_classes and not 0 <= values[0] < self.num_classes:
             return (f"label {values[0]} is outside the {self.num_classes} classes (0 to "
                     f"{self.num_classes - 1}) of data.labels_file / data.num_classes")
+        if f.bytes_list.value:
+            return label_value_problem(values[0])
         return ""
 
     def process(self, item):

@@ -8,6 +8,11 @@ Trainer's history.json (the settings it trained with, the epochs each phase real
 the metrics, thresholds and per-class recall from the Evaluator's TFMA output through
 pipeline/blessing.py (the blessing report's own reader); lineage from the run. The card
 is one list of sections rendered twice, so the Markdown and the HTML say the same.
+
+Class names, paths and every other value on the card come from the user's data and
+config, so both renderings escape them: no value becomes a tag, a link, an image or
+emphasis, and characters that are invisible or reorder the text (a bidi override such as
+U+202E) are shown as their code point.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import base64
 import html
 import json
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -141,7 +148,7 @@ def _data(i: Inputs, names: list[str]) -> Section:
         s.blocks.append(("table", ("span", "records", "formats", "sizes"), rows))
     else:
         s.blocks.append(("p", "Image formats and sizes: not recorded (ImportExampleGen records them per span "
-                              "when the train pattern has {SPAN}; `xfer show RUN StatisticsGen` has the formats)."))
+                              "when the train pattern has {SPAN}; xfer show RUN StatisticsGen has the formats)."))
     return s
 
 
@@ -282,19 +289,71 @@ def _plots(i: Inputs) -> Section:
     return s
 
 
-def _md_cell(v: str) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
+# Shown as "(U+202E)": control characters, format characters (bidi overrides and marks,
+# zero-width characters), line and paragraph separators, unpaired surrogates.
+INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs")
+# Always backslash-escaped in Markdown: these start code, emphasis, links and images,
+# headings, and escapes. "_" only where it can emphasize (not inside a word: mobilenet_v2).
+MD_ALWAYS = re.compile(r"([\\`*\[\]#!])")
+MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# At the start of a paragraph: a list item or a numbered one ("- x", "+ x", "3. x", "3) x").
+MD_LINE_START = re.compile(r"^(\s*)([-+]|\d+(?=[.)]))")
+
+
+def visible(text, keep_newlines: bool = False) -> str:
+    """`text` with each invisible or reordering character as "(U+XXXX)"; newlines as
+    spaces unless kept (a table cell or paragraph is one line)."""
+    text = str(text)
+    if not keep_newlines:
+        text = text.replace("\r\n", " ").replace("\n", " ")
+    return "".join(f"(U+{ord(c):04X})" if unicodedata.category(c) in INVISIBLE and not (keep_newlines and c == "\n")
+                   else c for c in text)
+
+
+def md_text(text, starts_line: bool = True) -> str:
+    """Plain text for a Markdown paragraph or heading (`starts_line`) or a table cell:
+    shown as written, nothing live. <, > and & as entities (no HTML tag or autolink
+    survives a Markdown renderer, which passes HTML through), Markdown punctuation
+    backslash-escaped."""
+    t = visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    t = MD_UNDERSCORE.sub(r"\\_", MD_ALWAYS.sub(r"\\\1", t))
+    m = MD_LINE_START.match(t) if starts_line else None
+    if m:  # "3." -> "3\.", "-" -> "\-"
+        at = m.end() if m.group(2).isdigit() else m.start(2)
+        t = t[:at] + "\\" + t[at:]
+    return t
+
+
+def _md_cell(v) -> str:
+    return md_text(v, starts_line=False).replace("|", "\\|")
+
+
+def _md_code(text) -> str:
+    """`text` as an inline code span: literal whatever it holds (its fence is longer
+    than any run of backticks inside)."""
+    t = visible(text)
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", t)), default=0) + 1)
+    pad = " " if t.startswith("`") or t.endswith("`") else ""
+    return f"{fence}{pad}{t}{pad}{fence}"
+
+
+def _md_pre(text) -> str:
+    """A fenced code block holding `text` literally (its fence longer than any run of
+    backticks inside, so no line of it can close the block)."""
+    t = visible(text, keep_newlines=True)
+    fence = "`" * max(3, max((len(r) for r in re.findall(r"`+", t)), default=0) + 1)
+    return f"{fence}\n{t}\n{fence}"
 
 
 def markdown(title: str, sections: list[Section]) -> str:
-    out = [f"# {title}", ""]
+    out = [f"# {md_text(title)}", ""]
     for s in sections:
-        out += [f"## {s.title}", ""]
+        out += [f"## {md_text(s.title)}", ""]
         for block in s.blocks:
             if block[0] == "p":
-                out += [block[1], ""]
+                out += [md_text(block[1]), ""]
             elif block[0] == "pre":
-                out += ["```", block[1], "```", ""]
+                out += [_md_pre(block[1]), ""]
             elif block[0] == "table":
                 header, rows = block[1], block[2]
                 out.append("| " + " | ".join(map(_md_cell, header)) + " |")
@@ -302,12 +361,16 @@ def markdown(title: str, sections: list[Section]) -> str:
                 out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
                 out.append("")
             elif block[0] == "img":
-                out += [f"- {block[1]}: `{block[3]}` (inlined in {HTML})", ""]
+                out += [f"- {md_text(block[1])}: {_md_code(block[3])} (inlined in {md_text(HTML)})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
 def to_html(title: str, sections: list[Section]) -> str:
-    e = html.escape
+    def e(text) -> str:
+        return html.escape(visible(text))
+
+    def e_pre(text) -> str:
+        return html.escape(visible(text, keep_newlines=True))
     out = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}</style>",
@@ -318,7 +381,7 @@ def to_html(title: str, sections: list[Section]) -> str:
             if block[0] == "p":
                 out.append(f"<p>{e(block[1])}</p>")
             elif block[0] == "pre":
-                out.append(f"<pre>{e(block[1])}</pre>")
+                out.append(f"<pre>{e_pre(block[1])}</pre>")
             elif block[0] == "table":
                 out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in block[1]) + "</tr>")
                 out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in block[2]]

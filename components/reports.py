@@ -20,6 +20,16 @@ INSIGHT_IMAGES = 16
 # side. The base's last one is coarser on small images (VGG16 at 32 px: 2x2, MobileNetV2:
 # 1x1), and a 1x1 or 2x2 map cannot say where in the image the evidence is.
 MIN_CAM_SIDE = 4
+# Plots stay bounded whatever the class names and count: a name is cut to NAME_CHARS on a
+# tick or title (with an ellipsis), the confusion matrix grows with the class count up to
+# MAX_FIGURE_INCHES a side and labels at most MAX_TICKS classes per axis, and no PNG is
+# saved larger than MAX_PNG_SIDE pixels a side (before these, 5,000-character names drew
+# a 31582x31591 px confusion matrix).
+DPI = 90
+NAME_CHARS = 24
+MAX_FIGURE_INCHES = 22
+MAX_TICKS = 150
+MAX_PNG_SIDE = 2400
 
 
 def _pyplot():
@@ -29,9 +39,21 @@ def _pyplot():
     return plt
 
 
+def short(name: str, limit: int = NAME_CHARS) -> str:
+    """A class name as a plot shows it: at most `limit` characters, an ellipsis if cut."""
+    name = str(name)
+    return name if len(name) <= limit else name[:limit - 1] + "\u2026"
+
+
 def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    """The figure as a PNG, cropped to what is drawn ("tight"), unless that crop would be
+    over MAX_PNG_SIDE pixels a side: then at the figure's own size (MAX_FIGURE_INCHES or
+    less), text running off its edges cut."""
+    buf, pad = io.BytesIO(), 0.1  # inches around the tight crop
+    fig.canvas.draw()
+    tight = fig.get_tightbbox(fig.canvas.get_renderer())
+    fits = (max(tight.width, tight.height) + 2 * pad) * DPI <= MAX_PNG_SIDE
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if fits else None, pad_inches=pad)
     _pyplot().close(fig)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buf.getvalue())
@@ -70,10 +92,13 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
 def plot_confusion(matrix: np.ndarray, names: list[str], path: str) -> None:
     plt = _pyplot()
     n = len(names)
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 2)))
+    side = min(MAX_FIGURE_INCHES, max(4, 0.5 * n + 2))
+    fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), names, fontsize=7)
+    every = -(-n // MAX_TICKS)  # with more classes than fit, every k-th is labelled
+    ticks = list(range(0, n, every))
+    ax.set_xticks(ticks, [short(names[i]) for i in ticks], rotation=90, fontsize=7)
+    ax.set_yticks(ticks, [short(names[i]) for i in ticks], fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     if n <= 20:
@@ -96,7 +121,7 @@ def plot_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, nam
             continue
         ax.imshow(np.clip(images[k], 0, 255).astype(np.uint8))
         right = labels[k] == predicted[k]
-        ax.set_title(f"{names[labels[k]]}/{names[predicted[k]]}", fontsize=8,
+        ax.set_title(f"{short(names[labels[k]])}/{short(names[predicted[k]])}", fontsize=8,
                      color="black" if right else "red")
     fig.suptitle("eval images: actual/predicted")
     _save(fig, path)
@@ -193,7 +218,7 @@ def plot_gradcam(images: np.ndarray, heatmaps: np.ndarray, labels: np.ndarray, p
             continue
         ax.imshow(np.clip(images[k], 0, 255).astype(np.uint8))
         ax.imshow(heatmaps[k], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        ax.set_title(f"{names[labels[k]]}/{names[predicted[k]]}", fontsize=8,
+        ax.set_title(f"{short(names[labels[k]])}/{short(names[predicted[k]])}", fontsize=8,
                      color="black" if labels[k] == predicted[k] else "red")
     fig.suptitle("Grad-CAM on eval images: actual/predicted")
     _save(fig, path)
@@ -233,7 +258,7 @@ def plot_top_losses(top: TopLosses, names: list[str], path: str) -> None:
             continue
         r = top.rows[k]
         ax.imshow(np.clip(top.images[r["index"]], 0, 255).astype(np.uint8))
-        ax.set_title(f"{names[r['actual']]}/{names[r['predicted']]}\n"
+        ax.set_title(f"{short(names[r['actual']])}/{short(names[r['predicted']])}\n"
                      f"loss {r['loss']:.2f} p {r['probability_actual']:.2g}", fontsize=7,
                      color="black" if r["actual"] == r["predicted"] else "red")
     fig.suptitle("top losses: actual/predicted/loss/probability of actual")

@@ -230,7 +230,10 @@ def cmd_data_schema(args) -> int:
     from xfer.components.labels import read_labels_file
     from xfer.pipeline.data.schema import write_schema
 
-    n = args.num_classes or len(read_labels_file(args.labels))
+    try:
+        n = args.num_classes or len(read_labels_file(args.labels))
+    except ValueError as e:  # names refused (components/labels.py), or fewer than 2: the user's file
+        raise ConfigError(str(e)) from None
     print(f"wrote {write_schema(args.out, n, args.image_key, args.label_key)}: "
           f"{args.image_key} (bytes, exactly once), {args.label_key} (int in [0, {n}))")
     return 0

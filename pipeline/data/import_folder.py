@@ -142,6 +142,7 @@ def scan(src: bytes, ratios: dict, follow_links: bool = False) -> tuple[str, lis
             for rel in _walk_files(src, rel_class, seen_dirs, rejected, links):
                 found.append((rel, _name(cdir), split))
     classes = sorted({c for _, c, _ in found})
+    _check_class_folders(src, classes)
     for folder, split in roots:
         for cdir in (_class_dirs(src, folder, [], links) if split else [folder]):
             if _name(cdir) not in classes and not any(r["path"] == _name(cdir) for r in rejected):
@@ -153,6 +154,18 @@ def scan(src: bytes, ratios: dict, follow_links: bool = False) -> tuple[str, lis
     items.sort(key=lambda it: it.rel)
     rejected.sort(key=lambda r: r["path"])
     return ("split-folders" if split_layout else "class-folders"), classes, items, rejected
+
+
+def _check_class_folders(src: bytes, classes: list[str]) -> None:
+    """Each class folder's name becomes a class name (labels.txt, plots, the model card):
+    BadArgument naming the folder when one breaks components/labels.py's rule."""
+    from xfer.components.labels import BadClassNames, check_names, shown
+
+    try:
+        check_names(classes, f"import-folder: {_name(src)}", lambda i: f"class folder {shown(classes[i])}",
+                    "rename the folder (its name becomes the class name)", where_quotes=True)
+    except BadClassNames as e:
+        raise BadArgument(str(e)) from None
 
 
 def _class_dirs(src: bytes, split_dir: bytes, rejected: list, links: Links) -> list[bytes]:
