@@ -202,3 +202,14 @@ def test_steps_per_execution_is_auto_or_a_whole_number():
         msg = str(e.value)
         assert "\n" not in msg and "train.steps_per_execution" in msg, msg
         assert "give auto" in msg and "e.g. 50" in msg, msg
+
+
+def test_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {builtin: digits\ntrain: {}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert str(e.value) == f"{bad}: not valid YAML: expected ',' or '}}', but got ':' at line 3, column 6"
+    bad.write_text("name: x\n\tdata: 1\n")
+    with pytest.raises(ConfigError, match=r"found character '\\t' that cannot start any token at line 2, column 1$"):
+        load_config(str(bad))
