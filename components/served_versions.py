@@ -141,7 +141,7 @@ def inspect(version_dir: str) -> Inspected:
         return Inspected(damaged=damaged)
     missing = _missing_signatures(graph)
     if missing:
-        has = ", ".join(sorted(graph.signature_def)) or "none"
+        has = ", ".join(sorted(n for n in graph.signature_def if not n.startswith("__"))) or "none"
         return Inspected(foreign=f"it lacks the signature(s) xfer exports: {', '.join(missing)} "
                                  f"(it has: {has})")
     names, problem = read_class_names(version_dir)
