@@ -49,19 +49,23 @@ def resolve_config_path(name_or_path: str) -> Path:
     shipped name wins over a folder of that name (`runs/`, `demo/` lying around); a
     folder that is no shipped name is an error naming it."""
     p = Path(name_or_path)
-    if p.is_file():
-        return p
-    shipped = SHIPPED_DIR / f"{name_or_path}.yaml"
-    if "/" not in name_or_path and shipped.is_file():
-        return shipped
-    if p.is_dir():
-        raise ConfigError(
-            f"config '{name_or_path}' is a folder ({p.resolve()}), not a YAML file; give a path to "
-            f"a YAML file or one of the shipped configs: {', '.join(shipped_configs())}")
-    if p.exists():  # a fifo, /dev/stdin, ...: let the reader try
-        return p
+    try:
+        if p.is_file():
+            return p
+        shipped = SHIPPED_DIR / f"{name_or_path}.yaml"
+        if "/" not in name_or_path and shipped.is_file():
+            return shipped
+        if p.is_dir():
+            raise ConfigError(
+                f"config {shown(name_or_path)} is a folder ({p.resolve()}), not a YAML file; give a path to "
+                f"a YAML file or one of the shipped configs: {', '.join(shipped_configs())}")
+        if p.exists():  # a fifo, /dev/stdin, ...: let the reader try
+            return p
+    except OSError as e:  # a name too long for the file system, a folder not searchable
+        raise ConfigError(f"config {shown(name_or_path)}: {e.strerror}; give a path to a YAML file or one "
+                          f"of the shipped configs: {', '.join(shipped_configs())}") from None
     raise ConfigError(
-        f"config file '{name_or_path}' not found; give a path to a YAML file or one of the "
+        f"config file {shown(name_or_path)} not found; give a path to a YAML file or one of the "
         f"shipped configs: {', '.join(shipped_configs())}")
 
 

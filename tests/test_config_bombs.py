@@ -137,3 +137,8 @@ def test_many_errors_are_listed_up_to_a_bound():
         validate(raw, "f.yaml")
     lines = str(e.value).splitlines()
     assert len(lines) == MAX_ERRORS + 1 and lines[-1] == f"f.yaml: and {100 - MAX_ERRORS} more errors like these"
+
+
+def test_a_config_name_too_long_for_the_file_system_is_a_config_error(tmp_path):
+    proc = _xfer(tmp_path, "runs", "--config", "x" * 100_000)
+    _refused(proc, "File name too long; give a path to a YAML file")
