@@ -77,6 +77,62 @@ def list_spans(input_base: str, pattern: str) -> Dict[int, str]:
     return spans
 
 
+def _span_folder(pattern: str) -> str:
+    """The part of a split pattern up to the path segment holding {SPAN} (span-{SPAN})."""
+    m = SPAN_TOKEN.search(pattern)
+    segments = pattern.split("/")
+    return "/".join(segments[:pattern[:m.start()].count("/") + 1])
+
+
+def span_problems(input_base: str, splits: Dict[str, str]) -> List[str]:
+    """What TFX's span resolution would refuse with a bare message, as one line each
+    naming the folder, the span and the split, and the fix: a path matched by a {SPAN}
+    pattern whose span part is not a number ("Cannot find span number from ... based on
+    <regex>"), and a split whose newest span is older than another's ("Latest span should
+    be the same for each split")."""
+    import tensorflow as tf
+
+    problems, newest = [], {}
+    for split, pattern in splits.items():
+        m = SPAN_TOKEN.search(pattern)
+        if m is None:
+            continue
+        # {VERSION} (and any glob) matches anything in a segment, as in TFX's glob.
+        before, after = (re.sub(r"\{VERSION(?::\d+)?\}", "*", p) for p in (pattern[:m.start()], pattern[m.end():]))
+        width = m.group(1)
+        rx = re.compile(_glob_regex(before) + ("(.{%s})" % width if width else "(.*)") + _glob_regex(after) + "$")
+        stray = {}  # folder -> what stands where the span number should
+        for path in tf.io.gfile.glob(os.path.join(input_base, before + ("?" * int(width) if width else "*") + after)):
+            rel = os.path.relpath(path, input_base)
+            found = rx.match(rel)
+            if found and not found.group(1).isdigit():
+                stray.setdefault("/".join(rel.split("/")[:before.count("/") + 1]), found.group(1))
+        spans = list_spans(input_base, pattern)
+        for folder, part in sorted(stray.items()):
+            free = _span_folder(pattern).replace(m.group(0), str(max(spans, default=0) + 1).zfill(int(width or 0)))
+            problems.append(
+                f"data.splits.{split}: '{folder}' in {input_base} matches '{pattern}', but "
+                f"'{part}' where {{SPAN}} stands is not a span number (digits only); rename it to "
+                f"a span (e.g. {free}) or move it out of {input_base}")
+        if spans and not stray:
+            newest[split] = max(spans), spans
+    if len(newest) > 1:
+        top = max(n for n, _ in newest.values())
+        has_top = next(s for s, (n, _) in newest.items() if n == top)
+        resolved, m = newest[has_top][1][top], SPAN_TOKEN.search(splits[has_top])
+        digits = resolved[m.start():m.start() + len(resolved) - len(splits[has_top]) + len(m.group(0))]
+        folder = _span_folder(splits[has_top]).replace(m.group(0), digits)
+        for split, (n, _) in newest.items():
+            if n < top:
+                missing = SPAN_TOKEN.sub(digits, splits[split], count=1)
+                problems.append(
+                    f"data.splits.{split}: span {top} has no '{split}' files: nothing in {input_base} matches "
+                    f"'{missing}' (split '{has_top}' has span {top}; '{split}' ends at span {n}). Every "
+                    f"split reads the newest span, so add span {top}'s {split} files under {folder}, or move "
+                    f"{folder} out of {input_base} until it is complete")
+    return problems
+
+
 def longer_side_bucket(width: int, height: int) -> str:
     """Sizes in power-of-two buckets of the longer side: '<32', '32-63', ..., '>=4096'."""
     side = max(width, height)

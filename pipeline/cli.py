@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
         return EXIT_ROOT_BUSY
     except Exception as e:
         failed = errors.step_failed(config, e)
-        _save_failed_result(config, failed, started_at)
+        _save_failed_result(config, e, started_at)  # its innermost cause, as the CLI prints it
         raise failed from e
     if args.check:
         print(f"preflight passed in {time.perf_counter() - start:.1f}s: {config.name} can run")
@@ -499,6 +499,9 @@ def main(argv=None) -> int:
         return code
     except BrokenPipeError:
         return errors.quiet_broken_pipe()
+    except KeyboardInterrupt:  # Ctrl-C: the user knows why; a trace would bury the one line
+        print(f"xfer: interrupted{INTERRUPTED_NOTE.get(args.command, '')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the user's error first, the trace in a file
         if args.verbose and not isinstance(e, ConfigError):
             raise
@@ -507,6 +510,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C: the user knows why; a trace would bury the one line
-        print(f"xfer: interrupted{INTERRUPTED_NOTE.get(args.command, '')}", file=sys.stderr)
-        return EXIT_INTERRUPTED

@@ -92,6 +92,12 @@ def _on_tpu(config: Config) -> bool:
 
 def check_data(config: Config, report: Report, classes: Optional[int]) -> None:
     d, batch = config.data, config.train.batch_size
+    from xfer.components.import_gen import span_problems
+
+    spans = span_problems(config.data_dir, d.splits) if d.splits else []
+    if spans:  # TFX's span resolution would only say "Cannot find span number ..."
+        report.problems += spans
+        return
     try:
         files = _split_files(config)
     except Exception as e:  # noqa: BLE001 - TFX's span resolution names the pattern

@@ -53,6 +53,59 @@ def test_list_spans_reads_span_numbers_and_padding(tmp_path):
     assert longer_side_bucket(20, 4000) == "2048-4095" and longer_side_bucket(5000, 1) == ">=4096"
 
 
+def _touch(root, *names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+SPLITS = {"train": "span-{SPAN}/train/*", "eval": "span-{SPAN}/eval/*"}
+
+
+def test_a_stray_folder_and_a_span_missing_a_split_are_named_with_the_fix(tmp_path):
+    from xfer.components.import_gen import span_problems
+
+    stray = tmp_path / "stray"
+    _touch(stray, "span-1/train/a", "span-1/eval/a", "span-2/train/a", "span-2/eval/a", "span-2a/train/a")
+    assert span_problems(str(stray), SPLITS) == [
+        f"data.splits.train: 'span-2a' in {stray} matches 'span-{{SPAN}}/train/*', but '2a' where {{SPAN}} "
+        f"stands is not a span number (digits only); rename it to a span (e.g. span-3) or move it out of {stray}"]
+    half = tmp_path / "half"
+    _touch(half, "span-01/train/a", "span-01/eval/a", "span-02/train/a")
+    assert span_problems(str(half), SPLITS) == [
+        f"data.splits.eval: span 2 has no 'eval' files: nothing in {half} matches 'span-02/eval/*' (split "
+        f"'train' has span 2; 'eval' ends at span 1). Every split reads the newest span, so add span 2's eval "
+        f"files under span-02, or move span-02 out of {half} until it is complete"]
+    _touch(half, "span-02/eval/a")
+    assert span_problems(str(half), SPLITS) == [] and span_problems(str(half), {"train": "span-{SPAN:2}/train/*"}) == []
+    assert span_problems(str(half), {"train": "train/*", "eval": "eval/*"}) == []  # no {SPAN}: nothing to say
+
+
+def test_the_preflight_names_span_problems_before_any_step(tmp_path, cifar):
+    """What TFX would say as "Cannot find span number from .../span-2a/train/a.tfrecord based on
+    .../span-(?P<span>.*)/train/[^\\/]*" and "Latest span should be the same for each split"."""
+    from settings_helpers import make_config
+    from xfer.pipeline import preflight
+
+    data = tmp_path / "data"
+    for span in (1, 2):
+        _span(cifar, data / f"span-{span}" / "train" / "a.tfrecord", "train", 0, 8)
+    _span(cifar, data / "span-1" / "eval" / "a.tfrecord", "eval", 0, 8)
+    _span(cifar, data / "span-x" / "eval" / "a.tfrecord", "eval", 0, 8)
+    config = make_config({"input_base": str(data), "splits": SPLITS, "labels_file": str(cifar / "labels.txt")},
+                         root=str(tmp_path / "root"))
+    problems = preflight.run(config).problems
+    assert problems == [
+        f"data.splits.eval: 'span-x' in {data} matches 'span-{{SPAN}}/eval/*', but 'x' where {{SPAN}} stands is "
+        f"not a span number (digits only); rename it to a span (e.g. span-2) or move it out of {data}"], problems
+    (data / "span-x" / "eval" / "a.tfrecord").unlink()
+    (data / "span-x" / "eval").rmdir()
+    problems = preflight.run(config).problems
+    assert len(problems) == 1 and problems[0].startswith(
+        "data.splits.eval: span 2 has no 'eval' files: nothing in "), problems
+    assert not (tmp_path / "root").exists()
+
+
 def test_compare_spans_is_the_l_infinity_distance_of_shares():
     spans = {"1": {"label": {"0": 50, "1": 50}, "format": {"png": 100}, "size": {"32-63": 100}},
              "2": {"label": {"0": 90, "1": 10}, "format": {"png": 50, "jpeg": 50}, "size": {"32-63": 100}}}
@@ -193,10 +246,15 @@ def test_a_skewed_span_stops_the_run_under_fail_and_warns_under_warn(tmp_path, c
                           "label distribution: L-infinity "), err
     assert "over data.drift.label_linf 0.2;" in err and "span 1 {0: " in err and "span 2 {0: " in err, err
     assert "image format mix" not in err and "Traceback" not in err  # same formats and sizes: no drift there
+    failed = _result(proc.stdout)  # the run failed in DataCheck: its result.json says why, and which kinds
+    label = failed["drifted_kinds"]
+    assert [(k["kind"], k["key"], k["limit"]) for k in label] == [("label", "data.drift.label_linf", 0.2)], failed
+    assert f"L-infinity {label[0]['distance']:.3f} over data.drift.label_linf 0.2" in err
+    assert failed["status"] == "failed" and failed["error"].startswith("span 2 drifted from span 1"), failed
     warned = xfer("run", *config, "--set", "data.on_anomaly=warn", "--to", "DataCheck").stdout
     assert "[xfer] drift (data.on_anomaly: warn, continuing): label distribution: L-infinity" in warned, warned
     assert "drift: 1 kind(s) over the data.drift thresholds, trained anyway (data.on_anomaly: warn)" in warned
-    assert _result(warned)["drifted_kinds"] == 1
+    assert _result(warned)["drifted_kinds"] == label  # the same kinds and distances under warn
     shown = xfer("show", *config, "latest", "DataCheck").stdout
     assert "drift, span 2 vs span 1:" in shown and "label distribution: L-infinity" in shown, shown
     assert "image format mix: L-infinity 0.000 within data.drift.format_linf 0.2" in shown, shown
