@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from xfer.components import backbones
-from xfer.components.settings import HeadConfig, ModelConfig
+from xfer.components.settings import HeadConfig, HeadConvConfig, ModelConfig
 
 OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
@@ -23,9 +23,30 @@ def build_model(m: ModelConfig, num_classes: int) -> tuple[tf.keras.Model, tf.ke
     inputs = tf.keras.Input(shape=(size, size, 3), name="image", dtype=tf.float32)
     x = backbones.normalization(m.backbone)(inputs)
     x = base(x, training=False)
+    if m.head.conv is not None:
+        x = apply_head(_conv_layers(m.head.conv, base.output_shape[1:3], m.backbone, size), x)
     x = _pooling(m.head.pooling)(x)
+    if m.head.pool_dropout:
+        x = tf.keras.layers.Dropout(m.head.pool_dropout, name="head_pool_dropout")(x)
     outputs = apply_head(_head_layers(m.head, num_classes), x)
     return tf.keras.Model(inputs, outputs, name=f"xfer_{m.backbone}"), base
+
+
+def _conv_layers(conv: HeadConvConfig, feature_map: tuple, backbone: str, size: int) -> list[tf.keras.layers.Layer]:
+    """model.head.conv: a Conv2D on the base's feature map, then BatchNormalization. The
+    BatchNorm is the head's, not the base's: it is called in training mode by fit (batch
+    statistics, moving statistics updated) in both phases; unfreeze_top freezes only the
+    base's."""
+    if conv.padding == "valid" and min(feature_map) < conv.kernel:
+        raise ValueError(
+            f"model.head.conv.kernel: {conv.kernel} does not fit {backbone}'s {feature_map[0]} x {feature_map[1]} "
+            f"feature map at image_size {size} (padding valid); set the kernel to {min(feature_map)} or less, "
+            f"padding: same, or a larger model.image_size")
+    layers = [tf.keras.layers.Conv2D(conv.filters, conv.kernel, padding=conv.padding, activation=conv.activation,
+                                     name="head_conv")]
+    if conv.batch_norm:
+        layers.append(tf.keras.layers.BatchNormalization(name="head_conv_bn"))
+    return layers
 
 
 def _pooling(kind: str) -> tf.keras.layers.Layer:
@@ -57,14 +78,17 @@ def apply_head(layers: list[tf.keras.layers.Layer], x):
 
 
 def split_at_pool(classifier: tf.keras.Model) -> tuple[tf.keras.Model, tf.keras.Model]:
-    """(features, head): the frozen part up to the pooling layer, and the head after it,
-    sharing the classifier's layers (training the head trains the classifier's head).
-    The pooling layer has no weights, so the frozen part's output is all phase 1 needs."""
-    pool = classifier.get_layer("pool")
-    features = tf.keras.Model(classifier.input, pool.output, name="features")
-    after = classifier.layers[classifier.layers.index(pool) + 1:]
-    head_in = tf.keras.Input(shape=pool.output.shape[1:], name="features", dtype=pool.output.dtype)
-    head = tf.keras.Model(head_in, apply_head(after, head_in), name="head")
+    """(features, head): the frozen part, and the head after it, sharing the classifier's
+    layers (training the head trains the classifier's head). The frozen part ends at the
+    pooling layer (it has no weights, so its output is all phase 1 needs), or, with a
+    model.head.conv, before that conv: the conv learns, so the cached features are the
+    base's feature map."""
+    names = [layer.name for layer in classifier.layers]
+    first = names.index("head_conv") if "head_conv" in names else names.index("pool") + 1
+    frozen_out = classifier.layers[first].input
+    features = tf.keras.Model(classifier.input, frozen_out, name="features")
+    head_in = tf.keras.Input(shape=frozen_out.shape[1:], name="features", dtype=frozen_out.dtype)
+    head = tf.keras.Model(head_in, apply_head(classifier.layers[first:], head_in), name="head")
     return features, head
 
 

@@ -321,4 +321,6 @@ def describe(name: str, phase: Union[TransferConfig, FineTuneConfig], label_smoo
         parts.append(f"mixup {aug.mixup:g}")
     if aug.cutmix:
         parts.append(f"cutmix {aug.cutmix:g}")
+    if aug.shear:  # the unit said: ImageDataGenerator recipes of 2017 meant radians
+        parts.append(f"shear up to {aug.shear:g} degrees")
     return f"[xfer] {name}: " + ", ".join(parts)

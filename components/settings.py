@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 # train.steps_per_execution: auto runs up to this many batches per compiled call when
@@ -132,7 +132,41 @@ class DataConfig(_Strict):
         return self
 
 
+class HeadConvConfig(_Strict):
+    """A Conv2D on the base's feature map, then BatchNormalization, before the pooling: the
+    Russian tutorial's EfficientNetB0 head (Conv2D(7, 7), BN, GAP, Dropout, Dense 512)."""
+    filters: int = Field(ge=1, description="Output channels of the Conv2D.")
+    kernel: int = Field(3, ge=1, description="Kernel side (kernel x kernel).")
+    padding: Literal["valid", "same"] = Field(
+        "valid", description="valid (Keras' default): the map shrinks by kernel - 1, so the kernel must fit the "
+                             "base's feature map (7 x 7 for a 224 px input); same: the map keeps its size.")
+    activation: Optional[str] = Field(None, description="A Keras activation name; null: linear, as Keras' default.")
+    batch_norm: bool = Field(
+        True, description="BatchNormalization after the Conv2D. It trains with the head in phase 1 (batch "
+                          "statistics, moving statistics updated) and keeps training in phase 2: it normalizes "
+                          "the features the fine-tuned base now produces; the base's own BatchNorm stays frozen.")
+
+
 class HeadConfig(_Strict):
+    conv: Optional[HeadConvConfig] = Field(
+        None, description="A Conv2D (+ BatchNormalization) before the pooling, e.g. {filters: 7, kernel: 7}; "
+                          "null: none.")
+    pool_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout right after the pooling, before any Dense layer (the Russian "
+                                         "head's GAP, Dropout 0.2, Dense 512); 0: none.")
+
+    @model_serializer(mode="wrap")
+    def _unused_pieces_left_out(self, handler):
+        # A head without a conv or pool dropout dumps as it did before they existed: the
+        # model card's head line and the Trainer's settings stay as they were.
+        out = handler(self)
+        if isinstance(out, dict):
+            if self.conv is None:
+                out.pop("conv", None)
+            if not self.pool_dropout:
+                out.pop("pool_dropout", None)
+        return out
+
     pooling: Literal["avg", "max", "flatten"] = Field(
         "avg", description="How the backbone's feature map becomes a vector: global average or max "
                            "pooling, or flatten.")
@@ -245,6 +279,12 @@ class AugmentConfig(_Strict):
                                                                 "the image's width and height.")
     contrast: float = Field(0.0, ge=0.0, lt=1.0, description="Change the contrast at random by a factor in "
                                                              "[1 - contrast, 1 + contrast].")
+    shear: float = Field(
+        0.0, ge=0.0, lt=90.0, description="Shear at random by an angle in degrees drawn from [-shear, shear], as "
+                                          "Keras' ImageDataGenerator(shear_range=shear) in tf-keras 2.16 (where the "
+                                          "unit is degrees: the Chinese recipe's shear_range=0.2 is 0.2 degrees "
+                                          "there; 0.2 radians = 11.5 degrees in the Keras of 2017 it was written "
+                                          "for, before keras-team/keras#8868 made the unit degrees).")
     mixup: float = Field(
         0.0, ge=0.0, description="MixUp's Beta(alpha, alpha) (0: off; timm uses 0.8): each training batch "
                                  "blended with itself reversed, labels likewise (soft labels).")

@@ -63,3 +63,61 @@ def test_every_registered_backbone_builds_at_its_minimum_size_and_owns_its_norma
     normalized = model.get_layer("normalize")(x).numpy()
     np.testing.assert_allclose(normalized, EXPECTED_NORMALIZATION[spec.normalization](x), rtol=1e-5, atol=1e-4)
     assert model(x).shape == (2, 2)
+
+
+RUSSIAN_HEAD = {"conv": {"filters": 7, "kernel": 7}, "pooling": "avg", "pool_dropout": 0.2, "dense": [512]}
+
+
+def test_the_russian_head_builds_trains_its_batchnorm_in_phase_1_and_keeps_the_base_s_frozen():
+    """EfficientNetB0 at 224 px, as the tutorial: Conv2D(7, 7) on the 7 x 7 x 1280 map, BN,
+    GAP, Dropout 0.2, Dense 512, softmax. One phase-1 step moves the head BatchNorm's moving
+    statistics and nothing of the base (weights or BatchNorm statistics)."""
+    from xfer.components.model import compile_for, split_at_pool
+
+    model, base = build_model(small_model("efficientnet_b0", 224, head=RUSSIAN_HEAD), 10)
+    chain = [l.name for l in model.layers]
+    assert chain[chain.index(base.name):] == [base.name, "head_conv", "head_conv_bn", "pool", "head_pool_dropout",
+                                              "head_dense_0", "probabilities"]
+    conv = model.get_layer("head_conv")
+    assert conv.output_shape == (None, 1, 1, 7) and conv.kernel.shape == (7, 7, 1280, 7)
+    freeze_base(base)
+    assert trainable_layers(model) == {"head_conv", "head_conv_bn", "head_dense_0", "probabilities"}
+
+    bn = model.get_layer("head_conv_bn")
+    base_bn = [l for l in base.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+    before = bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
+    base_before = [w.numpy().copy() for w in base.weights]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 224, 224, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 3])
+    compile_for(model, "adam", 1e-3)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(bn.moving_mean.numpy(), before[0]) and not np.allclose(bn.moving_variance.numpy(), before[1])
+    assert all(np.array_equal(w.numpy(), b) for w, b in zip(base.weights, base_before))
+    assert base_bn and all(not l.trainable_weights for l in base_bn)
+
+    # Phase 1 on cached features splits before the conv: the conv learns, so the cache is the map.
+    features, head = split_at_pool(model)
+    assert features.output_shape == (None, 7, 7, 1280)
+    assert [l.name for l in head.layers[1:]] == chain[chain.index("head_conv"):]
+    np.testing.assert_allclose(head(features(x)).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+    # Phase 2: the base's BatchNorm stays frozen; the head's keeps training (it normalizes
+    # the features the fine-tuned base now produces).
+    unfreeze_top(base, None, 1.0)
+    assert not any(l.trainable_weights for l in base_bn) and bn.trainable_weights
+
+
+def test_a_conv_kernel_larger_than_the_feature_map_names_the_key_and_the_fix():
+    with pytest.raises(ValueError, match=r"model.head.conv.kernel: 7 does not fit efficientnet_b0's 1 x 1 feature "
+                                         r"map at image_size 32 \(padding valid\); set the kernel to 1 or less"):
+        build_model(small_model("efficientnet_b0", 32, head=RUSSIAN_HEAD), 10)
+    model, _ = build_model(small_model("efficientnet_b0", 32, head={"conv": {"filters": 4, "kernel": 7,
+                                                                              "padding": "same"}}), 3)
+    assert model.get_layer("head_conv").output_shape == (None, 1, 1, 4)
+
+
+def test_a_head_without_the_new_pieces_is_built_as_before():
+    model, base = build_model(small_model(head={"dense": [8], "dropout": 0.1}), 3)
+    names = [l.name for l in model.layers]
+    assert names[names.index(base.name):] == [base.name, "pool", "head_dense_0", "head_dropout_0", "probabilities"]
