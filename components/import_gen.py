@@ -5,10 +5,12 @@ record with `tf.train.Example.FromString` inside Beam: a file cut short fails wi
 "Not a valid TFRecord. Fewer than N bytes" and a hex dump, and a record that is not a
 tf.Example with a protobuf DecodeError, neither naming the file. This executor reads
 each input file on its own (one Beam element per file, so files are still read in
-parallel), with the record index and byte offset known, and:
+parallel) with `tfrecords.read_records`, plain Python that checks each record's length
+before reading it (TensorFlow's reader segfaults on a header claiming 1 TiB), and:
 
   - a file whose framing is broken (not a TFRecord at all, a length or data CRC that
-    does not match, cut short mid-record) or that does not decompress, and
+    does not match, a length beyond the file's end or above MAX_RECORD_BYTES, cut short
+    mid-record) or that does not decompress, and
   - a record that does not parse as a tf.Example,
 
 are collected, the step fails after the Beam pass, and the message names each file
@@ -39,7 +41,8 @@ from tfx.components.example_gen.import_example_gen import executor as tfx_import
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 
-from xfer.components.tfrecords import compression_of, fingerprint, label_text  # noqa: F401 (re-exported)
+from xfer.components.tfrecords import (FramingError, compression_of, fingerprint, label_text,  # noqa: F401 (re-exported)
+                                         read_records)
 
 PROVENANCE = "provenance"
 PROBLEMS = "door_problems.json"
@@ -165,24 +168,6 @@ class RecordsRefused(ValueError):
     """Input files that are not TFRecords of tf.Example; the message names them."""
 
 
-def _framing_problem(message: str, index: int) -> str:
-    """TensorFlow's record-reader error -> what it means for the user's file."""
-    first = message.splitlines()[0] if message else ""
-    if "truncated record" in first:
-        return (f"the file is cut short inside record {index} (after {index} whole record(s)): "
-                f"an interrupted copy or write; copy the file again or remove it")
-    if "corrupted record at 0" in first:
-        return ("is not a TFRecord file (its first bytes are not a record header: a text, image "
-                "or other file matched by the split pattern?); remove it or narrow data.splits")
-    if "corrupted record" in first:
-        return (f"record {index} is corrupted (its length or data checksum does not match, "
-                f"{first.strip()}): the file was damaged; write or copy it again")
-    if "inflate" in first or "gzip" in first.lower() or "zlib" in first.lower():
-        return (f"does not decompress as GZIP ({first.strip()[:120]}): a name ending in .gz is "
-                f"read as GZIP; rename it, or compress it with gzip")
-    return f"cannot be read after {index} record(s) ({first.strip()[:160]})"
-
-
 class _ReadFile(beam.DoFn):
     """(path, split pattern) -> each record's bytes, in file order; problems and the
     file's provenance as tagged outputs."""
@@ -201,8 +186,7 @@ class _ReadFile(beam.DoFn):
         not_examples, shown = 0, []  # records that are not tf.Example: how many, the first SHOWN
         index = 0
         try:
-            dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path))
-            for raw in dataset.as_numpy_iterator():
+            for raw in read_records(path):
                 if self.parse_examples:
                     try:
                         example = tf.train.Example.FromString(raw)
@@ -221,9 +205,12 @@ class _ReadFile(beam.DoFn):
                 if self.records:
                     prints.append(fingerprint(raw))
                     yield raw
-        except tf.errors.OpError as e:
+        except FramingError as e:  # names the record, its byte offset and the fix
+            yield beam.pvalue.TaggedOutput("problems", {"file": path, "index": e.index, "reason": e.reason})
+        except OSError as e:
             yield beam.pvalue.TaggedOutput("problems", {
-                "file": path, "index": index, "reason": _framing_problem(e.message, index)})
+                "file": path, "index": index, "reason": f"cannot be read ({e.strerror or e}) after {index} "
+                                                        f"record(s); check the file's permissions"})
         if not_examples:
             more = not_examples - len(shown)
             yield beam.pvalue.TaggedOutput("problems", {

@@ -62,12 +62,19 @@ def size_text(n: int) -> str:
 
 
 class FramingError(ValueError):
-    """A TFRecord file whose framing is broken; `reason` says where and what, and the fix.
-    str(): '<path>: <reason>'."""
+    """A TFRecord file whose framing is broken at record `index`, byte `offset`: `what` is
+    wrong there, `fix` says what to do. `located` is 'record 3 at byte 1780: <what>;
+    <fix>'; `reason` the same, led by 'the file is cut short inside record 3 (after 3
+    whole record(s))' when it is; str() is '<path>: <reason>'."""
 
-    def __init__(self, path: str, index: int, offset: int, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.index, self.offset, self.reason = path, index, offset, reason
+    def __init__(self, path: str, index: int, offset: int, what: str, fix: str, *,
+                 compressed: bool = False, cut_short: bool = False):
+        self.path, self.index, self.offset, self.what, self.fix = path, index, offset, what, fix
+        self.where = f"record {index} at byte {offset}" + (" of the decompressed data" if compressed else "")
+        self.located = f"{self.where}: {'cut short: ' if cut_short else ''}{what}; {fix}"
+        self.reason = (f"the file is cut short inside record {index} (after {index} whole record(s)): "
+                       f"{self.where}: {what}; {fix}" if cut_short else self.located)
+        super().__init__(f"{path}: {self.reason}")
 
 
 def _open(path: str) -> tuple[BinaryIO, int]:
@@ -113,61 +120,57 @@ def read_records(path: str, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterato
     raw, size = _open(path)
     gz = compression_of(path) == "GZIP"
     stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-    where_of, held = (" of the decompressed data", "the decompressed data") if gz else ("", "the file")
+    held = "the decompressed data" if gz else "the file"
     index = offset = 0
+    copy_again = "an interrupted copy or write? copy the file again or remove it"
+    damaged = "the file was damaged; write or copy it again"
 
-    def refuse(reason: str) -> FramingError:
-        return FramingError(path, index, offset, reason)
-
-    def cut_short(detail: str) -> FramingError:
-        return refuse(f"the file is cut short inside record {index} (after {index} whole record(s)): "
-                      f"{detail}; an interrupted copy or write? copy the file again or remove it")
+    def refuse(what: str, fix: str, cut_short: bool = False) -> FramingError:
+        return FramingError(path, index, offset, what, fix, compressed=gz, cut_short=cut_short)
 
     try:
         while True:
-            at = f"record {index} at byte {offset}{where_of}"
             try:
                 header = stream.read(HEADER)
                 if not header:
                     return
                 if len(header) < HEADER:
-                    raise cut_short(f"{at} has {len(header)} of its {HEADER} header bytes")
+                    raise refuse(f"only {len(header)} of its {HEADER} header bytes", copy_again, cut_short=True)
                 (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
                 if masked_crc(header[:8]) != length_crc:
                     if index == 0:
-                        raise refuse("is not a TFRecord file (its first bytes are not a record header: a "
-                                     "text, image or other file matched by the pattern?); remove it, or "
-                                     "narrow the pattern (data.splits, --tfrecords) so it is not matched")
-                    raise refuse(f"{at} is corrupted (the checksum of its length field does not "
-                                 f"match): the file was damaged; write or copy it again")
-                claim = f"{at} claims {size_text(length)}"
-                if gz:
+                        raise refuse("not a TFRecord file (its first bytes are not a record header: a text, "
+                                     "image or other file matched by the pattern?)",
+                                     "remove it, or narrow data.splits (predict: --tfrecords) so it is not matched")
+                    raise refuse("corrupted (the checksum of its length field does not match)", damaged)
+                if gz:  # the bytes left are known only by decompressing them: counted, not kept
                     left = _count_up_to(stream, length + FOOTER) if length > max_record_bytes else None
                 else:
                     left = size - offset - HEADER
                 if left is not None and length + FOOTER > left:
                     if length <= max_record_bytes:
-                        raise cut_short(f"{claim} (and a {FOOTER}-byte checksum) but only {left} bytes remain")
-                    raise refuse(f"{claim} but only {left} bytes remain in {held}: its length field "
-                                 f"is wrong (a damaged or crafted file); write or copy it again, or remove it")
+                        raise refuse(f"it claims {size_text(length)} (and a {FOOTER}-byte checksum) but only "
+                                     f"{left} bytes remain", copy_again, cut_short=True)
+                    raise refuse(f"it claims {size_text(length)} but only {left} bytes remain in {held}: "
+                                 f"its length field is wrong (a damaged or crafted file)",
+                                 "write or copy it again, or remove it")
                 if length > max_record_bytes:
-                    raise refuse(f"{claim}, above xfer's limit for one record ({size_text(max_record_bytes)}; "
-                                 f"one image's tf.Example is far smaller): a damaged or foreign file; remove it")
+                    raise refuse(f"it claims {size_text(length)}, above xfer's limit of "
+                                 f"{size_text(max_record_bytes)} for one record (one image's tf.Example is "
+                                 f"far smaller)", "a damaged or foreign file: remove it")
                 data = _read_up_to(stream, length)
                 footer = stream.read(FOOTER)
                 if len(data) < length or len(footer) < FOOTER:
-                    raise cut_short(f"{claim} (and a {FOOTER}-byte checksum) but only "
-                                    f"{len(data) + len(footer)} bytes remain")
+                    raise refuse(f"it claims {size_text(length)} (and a {FOOTER}-byte checksum) but only "
+                                 f"{len(data) + len(footer)} bytes remain", copy_again, cut_short=True)
                 if masked_crc(data) != struct.unpack("<I", footer)[0]:
-                    raise refuse(f"{at} is corrupted (its data checksum does not match): the file was "
-                                 f"damaged; write or copy it again")
+                    raise refuse("corrupted (its data checksum does not match)", damaged)
             except EOFError:  # gzip's stream ends before its end marker
-                raise refuse(f"the compressed file is cut short inside or after record {index} "
-                             f"(after {index} whole record(s)); an interrupted copy or write? copy the "
-                             f"file again or remove it") from None
+                raise refuse("the compressed data ends early (no gzip end marker)", copy_again,
+                             cut_short=True) from None
             except (gzip.BadGzipFile, zlib.error) as e:
-                raise refuse(f"does not decompress as GZIP at {at} ({str(e)[:120]}): a name ending in "
-                             f".gz or .gzip is read as GZIP; rename it, or compress it with gzip") from None
+                raise refuse(f"does not decompress as GZIP ({str(e)[:120]})", "a name ending in .gz or .gzip "
+                             "is read as GZIP; rename it, or compress it with gzip") from None
             yield data
             index += 1
             offset += HEADER + length + FOOTER

@@ -3,9 +3,9 @@
 A config or data mistake found by a step costs every step before it (hours on real
 data): a fine-tune layer that does not exist is found after phase 1, a label outside
 labels.txt after five training steps. Here they are found from the config, the first
-records of each split and the backbone's layer names, before anything runs; each
-problem is one paragraph naming the key, file or record and the fix. `xfer run --check`
-runs this alone.
+records of each split (and the first record of every file) and the backbone's layer
+names, before anything runs; each problem is one paragraph naming the key, file or
+record and the fix. `xfer run --check` runs this alone.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from xfer.components.settings import Config
 from xfer.pipeline.config import ConfigError, class_count
 
 SAMPLE = 256           # records read per split
+FIRST_RECORD_FILES = 1000  # files per split whose first record is read, beyond the sample
 PLACEHOLDER = "YOUR_"  # the shipped templates' placeholders (gcr.io/YOUR_PROJECT, gs://YOUR_BUCKET)
 
 
@@ -66,24 +67,47 @@ def _split_files(config: Config) -> dict[str, list[str]]:
     return {s.name: sorted(tf.io.gfile.glob(os.path.join(base, s.pattern))) for s in splits}
 
 
-def _sample(files: list[str], limit: int) -> tuple[list, bool]:
-    """Up to `limit` parsed tf.Examples from `files`, and whether the files hold more."""
+def _sample(files: list[str], limit: int) -> tuple[list, bool, list[str]]:
+    """Up to `limit` parsed tf.Examples from `files`, whether the files hold more, and one
+    line per broken file naming the record, its byte offset, what is wrong and the fix.
+    Reading goes on past a broken file, and at least the first record of every file is
+    read (of the first FIRST_RECORD_FILES), so each broken file among them is named, not
+    only the first. Records are read by tfrecords.read_records, which checks a record's
+    length before reading it: TensorFlow's reader segfaults on a length of 1 TiB."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
 
-    from xfer.components.tfrecords import compression_of
+    from xfer.components.tfrecords import FramingError, compression_of, read_records
 
-    out = []
-    for path in files:
-        index = 0
+    out, broken = [], []
+    for number, path in enumerate(files):
+        want = max(limit + 1 - len(out), 1)
+        if want == 1 and number >= FIRST_RECORD_FILES:
+            break
+        index, offset = 0, 0
+        records = read_records(path)
         try:
-            for raw in tf.data.TFRecordDataset(path, compression_type=compression_of(path)).take(limit + 1 - len(out)):
-                out.append(tf.train.Example.FromString(raw.numpy()))
-                index += 1
-                if len(out) > limit:
-                    return out[:limit], True
-        except Exception as e:  # noqa: BLE001 - name the file and record, then the caller's fix
-            raise ValueError(f"{path} record {index}: {str(e).splitlines()[0][:160]}") from e
-    return out, False
+            for raw in records:
+                try:
+                    example = tf.train.Example.FromString(raw)
+                except DecodeError as e:
+                    of = " of the decompressed data" if compression_of(path) else ""
+                    broken.append(f"cannot read {path} record {index} at byte {offset}{of}: not a tf.Example "
+                                  f"({str(e)[:80]}); write each record with tf.train.Example(...)"
+                                  f".SerializeToString(), or remove the file")
+                    break
+                if len(out) <= limit:
+                    out.append(example)
+                index, offset = index + 1, offset + len(raw) + 16  # 12-byte header, 4-byte data CRC
+                if index >= want:
+                    break
+        except FramingError as e:
+            broken.append(f"cannot read {path} {e.located}")
+        except OSError as e:
+            broken.append(f"cannot read {path}: {e.strerror or e}; check the file's permissions")
+        finally:
+            records.close()
+    return out[:limit], len(out) > limit, broken
 
 
 def _on_tpu(config: Config) -> bool:
@@ -108,12 +132,9 @@ def check_data(config: Config, report: Report, classes: Optional[int]) -> None:
         if not paths:
             report.problems.append(f"{where}: no files match; fix data.input_base or data.splits")
             continue
-        try:
-            examples, more = _sample(paths, max(SAMPLE, batch))
-        except Exception as e:  # noqa: BLE001 - framing, CRC, not a tf.Example: name the file
-            report.problems.append(f"{where}: cannot read {str(e).splitlines()[0][:300]}; "
-                                   f"the files must be TFRecords of tf.Example (remove the file, or "
-                                   f"narrow data.splits so it is not matched)")
+        examples, more, broken = _sample(paths, max(SAMPLE, batch))
+        report.problems += [f"{where}: {line}" for line in broken]  # each broken file, one line each
+        if broken and not examples:
             continue
         if not examples:
             report.problems.append(f"{where}: the files hold no records")

@@ -79,7 +79,7 @@ def test_a_file_that_is_not_a_tfrecord_is_named(tmp_path):
     text = tmp_path / "in" / "train" / "notes.tfrecord"
     text.write_text("these are my notes about the data set, not records\n" * 20)
     message = _refused(tmp_path / "in", tmp_path / "out")
-    assert f"{text}: is not a TFRecord file" in message and "narrow data.splits" in message, message
+    assert f"{text}: record 0 at byte 0: not a TFRecord file" in message and "narrow data.splits" in message, message
 
 
 def test_a_damaged_record_is_named_by_index(tmp_path):
@@ -89,7 +89,7 @@ def test_a_damaged_record_is_named_by_index(tmp_path):
     data[2 * record + 40] ^= 0xFF  # inside record 2's payload: its data CRC no longer matches
     path.write_bytes(bytes(data))
     message = _refused(tmp_path / "in", tmp_path / "out")
-    assert f"{path}: record 2 is corrupted" in message, message
+    assert f"{path}: record 2 at byte {2 * record}: corrupted (its data checksum does not match)" in message, message
 
 
 def test_records_that_are_not_tf_examples_are_named(tmp_path):
@@ -102,7 +102,7 @@ def test_records_that_are_not_tf_examples_are_named(tmp_path):
 def test_a_gz_name_on_a_plain_file_is_named(tmp_path):
     path = _write(tmp_path / "in" / "train" / "a.tfrecord.gz", _records(3))
     message = _refused(tmp_path / "in", tmp_path / "out")
-    assert f"{path}: does not decompress as GZIP" in message, message
+    assert f"{path}: record 0 at byte 0 of the decompressed data: does not decompress as GZIP" in message, message
 
 
 def test_gzip_files_are_read(tmp_path):
