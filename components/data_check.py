@@ -4,9 +4,12 @@ It stops the run when ExampleValidator found anomalies and `data.on_anomaly` is
 `fail` (with each anomaly in one readable line), and it decodes every example's image,
 so that a record that would crash Transform, the Trainer or the Evaluator with a
 TensorFlow stack trace deep in Beam is named here instead, by split, file, record
-index and id. `data.on_bad_image: fail` stops the run; `skip` drops those records,
-counts them, and lists them in bad_records.json beside the checked examples that
-every later step reads. It runs on Beam, so it scales out on Dataflow like the rest.
+index and id. Before decoding, each image's size is read from its header by the serving
+guard's reader (components/image_header.py): one above `data.max_pixels` is a bad image
+and is never decoded (a 1.2 MB PNG can say 20000x20000: 1.2 GB decoded here, gigabytes
+more in every later step), so no step after this one sees it. `data.on_bad_image: fail`
+stops the run; `skip` drops those records, counts them, and lists them in
+bad_records.json beside the checked examples that every later step reads. It runs on Beam, so it scales out on Dataflow like the rest.
 """
 
 import json
@@ -20,10 +23,13 @@ from tfx.types import standard_artifacts
 
 from xfer.components.import_gen import SPAN_STATS, SPANS_PROPERTY, read_provenance, read_span_stats
 from xfer.components.labels import label_value_problem
+from xfer.components.settings import DataConfig
 from xfer.components.tfrecords import compression_of, fingerprint, label_text
 
 ID_KEYS = ("id", "filename")
 SHOWN = 10
+DEFAULT_MAX_PIXELS = DataConfig.model_fields["max_pixels"].default
+TOO_LARGE = "image too large: "  # how the reason for an image above data.max_pixels begins
 
 
 class DataCheckFailed(ValueError):
@@ -71,39 +77,66 @@ CHUNK_RECORDS, CHUNK_BYTES = 256, 64 << 20
 class _Check(beam.DoFn):
     """(file, split) -> every record, tagged good or bad, with its index in the file."""
 
-    def __init__(self, image_key: str, label_key: str, num_classes: int, image_size: int = 0):
+    def __init__(self, image_key: str, label_key: str, num_classes: int, image_size: int = 0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes
-        self.image_size = image_size
-        self._decode_eagerly = self._decode_chunk = None
+        self.image_size, self.max_pixels = image_size, max_pixels
+        self._reason_alone = self._judge_chunk = None
 
     def setup(self):
         import tensorflow as tf
 
-        from xfer.components.decode import decode_pixels
+        from xfer.components.decode import decode_pixels, tiny
         from xfer.components.image_guard import single_batch
+        from xfer.components.image_header import jpeg_size, sizes, too_large
 
         # Each image is decoded as training and serving will decode it (at reduced scale
         # for a large JPEG: the same entropy decoding, a fraction of the cost); with no
         # model size given, at full size.
-        size = self.image_size
+        size, max_pixels = self.image_size, self.max_pixels
 
         def shape(e):
             return tf.shape(decode_pixels(e, size) if size > 0 else
                             tf.io.decode_image(e, channels=3, expand_animations=False))
 
-        self._decode_eagerly = lambda image: shape(tf.constant(image))
+        def judge(encoded, fmt, width, height, frames, walked):
+            """(reason, decoded shape) of one image: reason '' when it decodes, the serving
+            guard's "too large: ..." when its header says it is above data.max_pixels; raises
+            when it does not decode. A decoder allocates what the header says (a 1 MB PNG
+            can say 20000x20000, 1.2 GB), so one above the limit is never decoded: a 1x1 PNG
+            is decoded in its place."""
+            width, height = jpeg_size(encoded, fmt, width, height)
+            over = width * height * frames > max_pixels
+            decoded = shape(tf.where(over, tiny("png"), encoded))
+            return tf.where(over, too_large(width, height, frames, walked, fmt, "data.max_pixels", max_pixels),
+                            ""), decoded
 
-        # A chunk of images decoded in parallel in tf.data, in one traced call: an image
-        # that fails is dropped there (its index missing from the result) and decoded
-        # again alone (self._decode_eagerly) for its error message.
+        def reason_alone(image: bytes) -> str:
+            # Alone and eagerly, for the decoder's message (a traced function's error can
+            # come as "Graph execution error" and a traceback).
+            header = sizes(tf.constant([image]))
+            return judge(tf.constant(image), *(t[0] for t in header))[0].numpy().decode()
+
+        self._reason_alone = reason_alone
+
+        # A chunk of images judged in parallel in tf.data, in one traced call: their sizes
+        # read from the headers together, then each decoded unless too large. An image
+        # that fails is dropped there (its index missing from the result) and judged
+        # again alone (reason_alone) for its error message.
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def decoded_indices(images):
-            dataset = (tf.data.Dataset.from_tensor_slices((tf.range(tf.size(images)), images))
-                       .map(lambda i, e: (i, shape(e)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-                       .ignore_errors().map(lambda i, _: i))
-            return single_batch(dataset, tf.constant(-1), CHUNK_RECORDS + 1)
+        def judged(images):
+            header = sizes(images)
+            dataset = (tf.data.Dataset.from_tensor_slices((tf.range(tf.size(images)), images) + tuple(header))
+                       .map(lambda i, *image: (i,) + judge(*image), num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=False)
+                       .ignore_errors().map(lambda i, reason, _: (i, reason)))
+            return single_batch(dataset, (tf.constant(-1), tf.constant("")), CHUNK_RECORDS + 1)
 
-        self._decode_chunk = lambda images: set(decoded_indices(tf.constant(images)).numpy().tolist())
+        def judge_chunk(images: list) -> dict:
+            index, reason = judged(tf.constant(images))
+            return dict(zip(index.numpy().tolist(), (r.decode() for r in reason.numpy())))
+
+        self._judge_chunk = judge_chunk
 
     def _label_problem(self, features) -> str:
         """Why the record's label cannot train, or '' (string labels get a vocabulary
@@ -151,20 +184,23 @@ class _Check(beam.DoFn):
         yield from self._judge(path, split, pending)
 
     def _judge(self, path: str, split: str, records: list):
-        """Decode a chunk's images together, then tag each record good or bad, in file order."""
+        """Judge a chunk's images together (sizes from their headers, then decoded unless too
+        large), then tag each record good or bad, in file order."""
         import tensorflow as tf
 
-        to_decode = [r for r in records if r[4] is not None]
-        decoded = self._decode_chunk([r[4] for r in to_decode]) if to_decode else set()
-        failed = {to_decode[k][0] for k in range(len(to_decode)) if k not in decoded}
+        with_image = [r for r in records if r[4] is not None]
+        judged = self._judge_chunk([r[4] for r in with_image]) if with_image else {}
+        verdicts = {r[0]: judged.get(k) for k, r in enumerate(with_image)}  # None: it failed in the chunk
         for index, raw, ident, features, image, reason in records:
-            if index in failed:
-                try:
-                    # Alone and eagerly, for the decoder's message (a traced function's
-                    # error can come as "Graph execution error" and a traceback).
-                    self._decode_eagerly(image)
-                except tf.errors.OpError as e:
-                    reason = f"image does not decode ({op_error_text(e.message)})"
+            if index in verdicts:
+                too_large = verdicts[index]
+                if too_large is None:
+                    try:
+                        too_large = self._reason_alone(image)
+                    except tf.errors.OpError as e:
+                        reason = f"image does not decode ({op_error_text(e.message)})"
+                if too_large:
+                    reason = f"image {too_large}; from its header, not decoded"
             if reason is None:
                 reason = self._label_problem(features) or None
             if reason:
@@ -293,6 +329,14 @@ def _raise_if_a_key_is_absent(bad: list, good: dict, splits: list, image_key: st
                     f"their features are: {', '.join(present) or 'none'}. Set {setting} to one of them")
 
 
+def _shrink_hint(bad: list, max_pixels: int) -> str:
+    """The fix for images above data.max_pixels, when there are any."""
+    if not any(b["reason"].startswith(TOO_LARGE) for b in bad):
+        return ""
+    return (f"; its --max-side N stores images shrunk to N pixels on their longer side, under "
+            f"data.max_pixels ({max_pixels}); or raise data.max_pixels if images that large are meant")
+
+
 @component(use_beam=True)
 def DataCheck(
     examples: InputArtifact[standard_artifacts.Examples],
@@ -306,6 +350,7 @@ def DataCheck(
     max_bad_fraction: Parameter[float],
     drift: Parameter[str] = "{}",
     image_size: Parameter[int] = 0,
+    max_pixels: Parameter[int] = DEFAULT_MAX_PIXELS,
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     import tensorflow as tf
@@ -351,7 +396,8 @@ def DataCheck(
     counts_path = os.path.join(checked_examples.uri, LABEL_COUNTS)
     with beam_pipeline as p:
         checked = (p | "Files" >> beam.Create(files) | "Reshuffle" >> beam.Reshuffle()
-                   | "Check" >> beam.ParDo(_Check(image_key, label_key, num_classes, image_size)).with_outputs("bad", main="good"))
+                   | "Check" >> beam.ParDo(_Check(image_key, label_key, num_classes, image_size, max_pixels))
+                   .with_outputs("bad", main="good"))
         _ = (checked.good | "Labels" >> beam.Map(lambda kv: (kv[0], kv[2]))
              | "PerLabel" >> beam.combiners.Count.PerElement()
              | "AllCounts" >> beam.combiners.ToList() | "WriteCounts" >> beam.Map(_write_json_counts, counts_path))
@@ -385,10 +431,10 @@ def DataCheck(
     _raise_if_a_key_is_absent(bad, good, splits, image_key, label_key)
     if bad and on_bad_image == "fail":
         raise DataCheckFailed(
-            f"{len(bad)} bad record(s) (an image that does not decode, or a label that cannot train) "
-            f"and data.on_bad_image is fail: {shown}. Fix or remove them (xfer data import-folder "
-            f"re-encodes what TensorFlow cannot read), or set data.on_bad_image: skip to drop and "
-            f"count them")
+            f"{len(bad)} bad record(s) (an image that does not decode or is above data.max_pixels, or a "
+            f"label that cannot train) and data.on_bad_image is fail: {shown}. Fix or remove them (xfer "
+            f"data import-folder re-encodes what TensorFlow cannot read{_shrink_hint(bad, max_pixels)}), or "
+            f"set data.on_bad_image: skip to drop and count them")
     for split in splits:
         dropped = sum(1 for b in bad if b["split"] == split)
         total = dropped + good.get(split, 0)

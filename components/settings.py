@@ -94,6 +94,12 @@ class DataConfig(_Strict):
     max_bad_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="With on_bad_image: skip, the most of a split that may be "
                                           "dropped; more fails the run (the data is broken, not noisy).")
+    max_pixels: int = Field(
+        40_000_000, ge=1, le=1_000_000_000, strict=True,
+        description="A training or eval image whose header says width x height (x frames, for a GIF) is above "
+                    "this is a bad image (data.on_bad_image), never decoded: a 1 MB PNG can say 20000x20000, "
+                    "1.2 GB decoded. Default: serving.max_pixels' default, so the images trained on are the "
+                    "ones served. A whole number, at most 1_000_000_000 (about 15 GB to decode).")
     spans: SpansConfig = Field(
         default_factory=SpansConfig, description="Scheduled data: which spans a run trains on, with {SPAN} "
                                                  "in the split patterns (e.g. span-{SPAN}/train/*).")

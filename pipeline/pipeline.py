@@ -237,7 +237,8 @@ def create_pipeline(config: Config, *, for_kubeflow: bool = False) -> Pipeline:
         on_bad_image=config.data.on_bad_image,
         max_bad_fraction=config.data.max_bad_fraction,
         drift=config.data.drift.model_dump_json(),
-        image_size=config.model.image_size).with_id("DataCheck")
+        image_size=config.model.image_size,
+        max_pixels=config.data.max_pixels).with_id("DataCheck")
     examples = data_check.outputs["checked_examples"]
 
     # Not materialized: decoded float images are ~20x their encoded bytes. The Trainer
