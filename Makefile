@@ -8,7 +8,7 @@ XFER := $(VENV)/bin/xfer
 # from source costs ~55 s per process instead of ~17 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install demo test test-fast test-container image compile bench bench-predict docs clean browser
+.PHONY: install demo test test-fast test-container image compile bench bench-predict docs clean browser ui
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -74,6 +74,10 @@ bench-predict: install
 docs: install
 	$(VENV)/bin/python -m xfer.pipeline.config_reference --out docs/reference/config.md
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# The runs of `make demo` in a browser (read-only, 127.0.0.1).
+ui: install
+	$(XFER) ui --config demo
 
 compile: install
 	$(XFER) compile --config kubeflow --allow-placeholders --out pipeline.yaml

@@ -68,8 +68,7 @@ def copy_runs(store, pipeline_name: str, wanted: int) -> list[str]:
             copy.ClearField("name")
             copy.create_time_since_epoch = ex.create_time_since_epoch + shift
             copy.last_update_time_since_epoch = ex.last_update_time_since_epoch + shift
-            own = [c for c in contexts[ex.id]]
-            ctx_copy = metadata_store_pb2.Context(id=run_id)
+            own = contexts[ex.id]
             pairs = []
             for ev in events[ex.id]:
                 e = Event(artifact_id=ev.artifact_id, type=ev.type)
@@ -79,7 +78,6 @@ def copy_runs(store, pipeline_name: str, wanted: int) -> list[str]:
             by_id = {a.id: a for a in existing}
             pairs = [(by_id[a.id], e) for a, e in pairs if a.id in by_id]
             store.put_execution(copy, pairs, [*own, store.get_contexts_by_id([run_id])[0]])
-        del ctx_copy
         ids.append(run.name)
     return ids
 
