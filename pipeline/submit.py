@@ -96,24 +96,36 @@ def _labels(config: Config) -> dict:
     return {"app": "xfer", "pipeline": config.name}
 
 
-def _kfp_client(endpoint: str):
-    """kfp.Client with bounded retries and timeouts on every request it sends."""
-    import warnings
-
-    import kfp
+def _bound(client) -> None:
+    """One attempt per request, connect and read timeouts: set on the urllib3 pool manager
+    that all of the client's service APIs share, whose pools are made at the first request."""
     import urllib3
 
-    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": said in the docs
-        warnings.simplefilter("ignore", FutureWarning)
-        client = kfp.Client(host=endpoint)
-    # All of the client's service APIs share one ApiClient and so one urllib3 pool manager,
-    # whose pools are made at the first request with these settings.
-    pools = getattr(getattr(getattr(getattr(client, "_run_api", None), "api_client", None),
+    pools = getattr(getattr(getattr(getattr(client, "_healthz_api", None), "api_client", None),
                             "rest_client", None), "pool_manager", None)
     if pools is not None:
         pools.connection_pool_kw["retries"] = urllib3.Retry(total=None, connect=0, read=0, status=0,
                                                             other=0, redirect=5)
         pools.connection_pool_kw["timeout"] = urllib3.Timeout(connect=CONNECT_SECONDS, read=READ_SECONDS)
+
+
+def _kfp_client(endpoint: str):
+    """kfp.Client whose every request is tried once, within bounded time."""
+    import warnings
+
+    import kfp
+
+    class BoundedClient(kfp.Client):
+        # The constructor asks the server's health (when no KFP context names a namespace):
+        # five attempts 5 s apart, each logged with a trace. Here: one, after bounding.
+        def get_kfp_healthz(self, sleep_duration: int = 5):
+            _bound(self)
+            return self._healthz_api.healthz_service_get_healthz()
+
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": said in the docs
+        warnings.simplefilter("ignore", FutureWarning)
+        client = BoundedClient(host=endpoint)
+    _bound(client)
     return client
 
 
@@ -125,9 +137,9 @@ def submit_kubeflow(config: Config, endpoint: str, experiment: str, *,
     _check_config(config, "schedule" if cron else "submit")
     check_endpoint(endpoint)
     with _compiled(config, "kubeflow", "schedule" if cron else "submit") as spec_path:
-        client = _kfp_client(endpoint)
         name = config.name
         try:
+            client = _kfp_client(endpoint)
             exp = client.create_experiment(name=experiment)  # returns the existing one by that name
             common = dict(experiment_id=exp.experiment_id, job_name=name, pipeline_package_path=spec_path,
                           # None: each task keeps its compiled caching (config.enable_cache, and off for

@@ -3,7 +3,9 @@ endpoints Kubeflow Pipelines (v2beta1) and Vertex AI (v1) use, and records what 
 The real kfp.Client and google-cloud-aiplatform do the talking."""
 import json
 import re
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -79,7 +81,9 @@ def server():
 
 
 CONFIG = ["--config", "kubeflow", "--set", f"kubeflow.image={IMAGE}",
-          "--set", "pipeline_root=gs://bucket/xfer/root", "--set", "name=xfer-nightly"]
+          "--set", "pipeline_root=gs://bucket/xfer/root", "--set", "name=xfer-nightly",
+          "--set", "root=gs://bucket/xfer", "--set", "data.input_base=gs://bucket/data",
+          "--set", "data.labels_file=gs://bucket/data/labels.txt", "--set", "push.destination=gs://bucket/serving"]
 
 
 def _images(spec):
@@ -100,6 +104,9 @@ def test_kubeflow_submit_sends_the_compiled_spec_as_a_run(server, tmp_path):
     assert run["experiment_id"] == "exp-7" and run["display_name"] == "xfer-nightly"
     spec = run["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "xfer-nightly"
+    # The file `xfer compile` writes, read by kfp.Client as an upload is read: the spec
+    # itself, with the pipeline root as its default and for this run.
+    assert spec["defaultPipelineRoot"] == "gs://bucket/xfer/root"
     assert _images(spec) == {IMAGE}
     assert {"Trainer", "Evaluator", "Pusher", "DataCheck"} <= set(spec["root"]["dag"]["tasks"])
     assert run["runtime_config"]["pipeline_root"] == "gs://bucket/xfer/root"
@@ -156,10 +163,90 @@ def test_vertex_submit_and_schedule(server, tmp_path):
 
 def test_local_pipeline_root_is_a_config_error_before_anything_is_sent(server):
     url, calls = server
-    proc = xfer("submit", "--config", "kubeflow", "--set", f"kubeflow.image={IMAGE}",
-                "--set", "pipeline_root=/tmp/root", "--target", "kubeflow", "--endpoint", url, check=False)
+    proc = xfer("submit", *CONFIG, "--set", "pipeline_root=/tmp/root", "--target", "kubeflow", "--endpoint", url,
+                check=False)
     assert proc.returncode == 2 and "pipeline_root: '/tmp/root' is local" in proc.stderr, proc.stderr
     assert calls == []
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_template_placeholders_are_refused_before_anything_is_compiled_or_sent(server, command, tmp_path):
+    url, calls = server
+    cron = ["--cron", "0 3 * * *"] if command == "schedule" else []
+    proc = xfer(command, "--config", "kubeflow", "--target", "kubeflow", "--endpoint", url, *cron,
+                check=False, env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert proc.returncode == 2, proc.stderr
+    assert f"xfer {command}: " in proc.stderr and "placeholders" in proc.stderr
+    for key in ("root", "pipeline_root", "data.input_base", "data.labels_file", "push.destination",
+                "kubeflow.image"):
+        assert f"  - {key}: '" in proc.stderr, key
+    assert "--allow-placeholders" not in proc.stderr  # compile's flag, not submit's
+    assert calls == [] and not (tmp_path / "state").exists()
+
+
+def _closed_port() -> int:
+    """A localhost port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_line_user_error(proc, endpoint, tmp_path):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"xfer: config error: --endpoint {endpoint}: "), proc.stderr
+    for noise in ("urllib3", "Retrying", "Traceback", "full trace", "Warning"):
+        assert noise not in proc.stderr, proc.stderr
+    assert not (tmp_path / "state").exists()  # no trace file
+
+
+def test_an_endpoint_nothing_listens_on_is_one_line_within_seconds(tmp_path):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    start = time.perf_counter()
+    proc = xfer("submit", *CONFIG, "--target", "kubeflow", "--endpoint", endpoint, check=False,
+                env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    seconds = time.perf_counter() - start
+    _one_line_user_error(proc, endpoint, tmp_path)
+    assert "cannot connect to 127.0.0.1:" in proc.stderr and "Connection refused" in proc.stderr
+    # Before compiling (about 15 s here): the command's start-up alone.
+    assert seconds < 12, seconds
+
+
+def test_an_endpoint_that_drops_the_connection_is_one_line_without_retries(tmp_path):
+    """It accepts the connection (so the first check passes) and closes it unanswered: the
+    client's first request fails once, not after urllib3's three retries."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def drop():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+    threading.Thread(target=drop, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        proc = xfer("submit", *CONFIG, "--target", "kubeflow", "--endpoint", endpoint, check=False,
+                    env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    finally:
+        listener.close()
+    _one_line_user_error(proc, endpoint, tmp_path)
+    assert "the connection failed" in proc.stderr, proc.stderr
+    assert len(accepted) == 2, accepted  # the reachability check, then the one request
+
+
+def test_an_endpoint_that_is_not_the_kfp_api_is_one_line_naming_the_answer(server, tmp_path):
+    url, calls = server
+    endpoint = f"{url}/not-the-api"
+    proc = xfer("submit", *CONFIG, "--target", "kubeflow", "--endpoint", endpoint, check=False,
+                env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    _one_line_user_error(proc, endpoint, tmp_path)
+    assert "HTTP 404" in proc.stderr and "not served by the test server" in proc.stderr, proc.stderr
 
 
 def test_pushed_version_registered_in_the_vertex_model_registry(server):
