@@ -83,4 +83,4 @@ compile: install
 	$(XFER) compile --config kubeflow --allow-placeholders --out pipeline.yaml
 
 clean:
-	rm -rf runs build/site pipeline.json
+	rm -rf runs build/site pipeline.yaml pipeline.json
