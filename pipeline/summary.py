@@ -30,6 +30,7 @@ class RunSummary:
     # Kinds over data.drift thresholds, each {kind, key, distance, limit} (None: not compared).
     drifted: Optional[list[dict]] = None
     model_card: Optional[str] = None  # the pushed version's MODEL_CARD.md
+    baseline_note: Optional[str] = None  # served versions ServedBaseline passed over, or why no baseline
 
 
 def summarize(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunSummary:
@@ -60,6 +61,8 @@ def _summarize(store, run, pipeline_name: str) -> RunSummary:
                 summary.model_card = mlmd.custom_property(a, "model_card")
             elif type_name == "Model" and node == "Trainer":
                 summary.model_uri = a.uri
+            elif type_name == "Model" and node == "ServedBaseline":
+                summary.baseline_note = mlmd.custom_property(a, "served_note")  # components/baseline.py
             elif type_name == "Examples" and node == "ImportExampleGen":
                 span, window = mlmd.custom_property(a, "span"), mlmd.custom_property(a, "spans")
                 summary.spans = ([int(x) for x in window.split(",")] if window else
@@ -188,6 +191,7 @@ def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Op
         "thresholds": thresholds,
         "pushed": pushed,
         "not_pushed_because": why_not,
+        "baseline_note": summary.baseline_note,
         "model": summary.model_uri,
     }
 
@@ -223,6 +227,8 @@ def format_summary(summary: RunSummary, ev, wall_seconds: Optional[float] = None
                          + (f" (baseline {b.baseline:.4f})" if b.baseline is not None else ""))
         lines.append(b.headline(ev))
         lines += b.report(ev)
+    if summary.baseline_note:
+        lines.append(f"baseline: {summary.baseline_note}")
     if summary.drifted:
         lines.append(f"drift: {len(summary.drifted)} kind(s) over the data.drift thresholds, trained anyway "
                      f"(data.on_anomaly: warn); `xfer show {summary.run_id} DataCheck` compares the spans")

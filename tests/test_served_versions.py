@@ -226,3 +226,34 @@ def test_folders_named_with_unicode_digits_are_no_versions(pushed, dest, tmp_pat
     assert all(p.read_bytes() == data for p, data in before.items() if p.parts[len(dest.parts)] != "1")
     baseline = run_step(ServedBaseline, tmp_path, dest, pushed["candidate"])
     assert baseline.get_int_custom_property(SERVED_VERSION) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1500)
+def test_a_run_passes_over_a_damaged_newest_version_and_stops_on_a_foreign_one(tmp_path, cifar):
+    """Whole runs (the CIFAR subset, one step per phase): run 1 pushes version 1. A
+    damaged copy of it as version 2: a run from ServedBaseline judges against version 1,
+    its summary says what was passed over, and the Pusher writes version 3 (version 2's
+    source is the same model, but no server can load version 2). A foreign SavedModel as
+    version 4: the next run stops in ServedBaseline, naming version 4 and the fix."""
+    from conftest import CONFIGS, xfer
+
+    root = tmp_path / "root"
+    config = ["--config", str(CONFIGS / "cifar_small.yaml"), "--set", f"root={root}",
+              "--set", "train.steps_per_epoch=1", "--set", "train.fine_tune.enabled=false"]
+    assert "(version 1)" in xfer("run", *config).stdout
+    serving = root / "serving"
+    shutil.copytree(serving / "1", serving / "2")
+    truncate(serving / "2" / "saved_model.pb")
+    out = xfer("run", *config, "--from", "ServedBaseline").stdout
+    assert f"baseline: passed over version 2 ({serving / '2'}): its saved_model.pb (" in out, out
+    assert f"the served model is version 1 ({serving / '1'})" in out
+    assert "eval accuracy: " in out and "(baseline " in out  # judged against version 1
+    assert f"pushed to: {serving / '3'} (version 3)" in out, out
+    shutil.copytree(serving / "3", serving / "4")
+    save_foreign_module(serving / "4")
+    failed = xfer("run", *config, "--from", "ServedBaseline", check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert (f"xfer: error in ServedBaseline: push.destination: version 4 ({serving / '4'}) is not a "
+            f"classifier xfer exported: it lacks the signature(s) xfer exports") in failed.stderr, failed.stderr
+    assert pusher.complete_versions(str(serving)) == [1, 2, 3, 4]  # nothing pushed over it
