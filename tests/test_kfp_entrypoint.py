@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
@@ -102,13 +103,13 @@ def test_import_example_gen_resolves_the_newest_span_inside_the_step(tmp_path):
             with tf.io.TFRecordWriter(str(data / f"span-{span}" / split / "data.tfrecord")) as w:
                 for r in records:
                     w.write(r)
-    spec_path = tmp_path / "pipeline.json"
+    spec_path = tmp_path / "pipeline.yaml"
     xfer("compile", "--config", str(CONFIGS / "cifar_small.yaml"), "--set", "kubeflow.image=x:1",
          "--set", f"pipeline_root={tmp_path / 'root'}", "--set", f"data.input_base={data}",
          "--set", f"data.labels_file={CIFAR / 'labels.txt'}",
          "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}',
          "--out", str(spec_path))
-    spec = json.loads(spec_path.read_text())["pipelineSpec"]
+    spec = yaml.safe_load(spec_path.read_text())  # the PipelineSpec, as Kubeflow's upload takes it
     task = spec["root"]["dag"]["tasks"]["ImportExampleGen"]
     component = spec["components"][task["componentRef"]["name"]]
     container = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from docker_env import IMAGE, docker_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def _run(spec: Path, root: Path) -> Path:
     import kfp
     from kfp import local
 
-    name = json.loads(spec.read_text())["pipelineInfo"]["name"]
+    name = yaml.safe_load(spec.read_text())["pipelineInfo"]["name"]
     before = set(root.iterdir())
     subprocess.run(["chown", "-R", f"{IMAGE_UID}:{IMAGE_UID}", str(root)], check=True)
     local.init(runner=local.DockerRunner(), pipeline_root=str(root), raise_on_error=True)
@@ -141,23 +142,21 @@ def test_kfp_local_runs_the_compiled_spec_twice_new_span_and_served_baseline(tmp
     _write_span(data, 1, train[:64], test)
     shutil.copy(CIFAR / "labels.txt", data / "labels.txt")
 
-    spec = tmp_path / "pipeline.json"
+    # The file a KFP user uploads: `xfer compile --target kubeflow` writes the PipelineSpec itself.
+    pipeline_spec = tmp_path / "pipeline.yaml"
     subprocess.run([str(Path(sys.executable).parent / "xfer"), "compile",
                     "--config", str(REPO / "tests" / "configs" / "cifar_small.yaml"),
                     "--set", f"kubeflow.image={IMAGE}", "--set", f"pipeline_root={root}",
                     "--set", f"data.input_base={data}", "--set", f"data.labels_file={data / 'labels.txt'}",
                     "--set", 'data.splits={train: "span-{SPAN}/train/*", eval: "span-{SPAN}/eval/*"}',
                     "--set", f"push.destination={serving}",
-                    "--out", str(spec)], check=True, cwd=REPO)
-    job = json.loads(spec.read_text())
-    # KFP's backends take the pipeline spec; TFX wraps it in a PipelineJob for Vertex.
-    pipeline_spec = tmp_path / "pipeline_spec.json"
-    pipeline_spec.write_text(json.dumps(job["pipelineSpec"]))
-    components = {name: t["componentRef"]["name"] for name, t in job["pipelineSpec"]["root"]["dag"]["tasks"].items()}
-    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+                    "--out", str(pipeline_spec)], check=True, cwd=REPO)
+    spec = yaml.safe_load(pipeline_spec.read_text())
+    components = {name: t["componentRef"]["name"] for name, t in spec["root"]["dag"]["tasks"].items()}
+    executors = spec["deploymentSpec"]["executors"]
     task_of = {}  # executor class -> task, to name each step's time
     for name, component in components.items():
-        args = executors[job["pipelineSpec"]["components"][component]["executorLabel"]]["container"]["args"]
+        args = executors[spec["components"][component]["executorLabel"]]["container"]["args"]
         task_of[args[args.index("--executor_class_path") + 1]] = name
 
     def times() -> str:
