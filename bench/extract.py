@@ -7,7 +7,7 @@ on components/inputs.py's datasets), three ways in interleaved rounds:
 
 Each pass is one feature_cache.extract over the bench's train split, timed from building
 the dataset to freeing its iterator. A pass more than STALL_S slower than its way's fastest
-counts as a stall (the slow iterator frees the README's Speed section names: about 2.4 s).
+counts as a stall (the slow iterator frees docs/speed.md names: about 2.4 s).
 
 usage: python bench/extract.py PIPELINE_ROOT CONFIG [KEY=VALUE ...]
   (the bench's pipeline root and config, after `make bench`, with its --set overrides)

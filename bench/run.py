@@ -238,6 +238,18 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+RESULTS_HEAD = ("# Benchmark results\n\n"
+                "Each `make bench` puts its run at the top; earlier runs and the history of other "
+                "measurements follow, latest first.\n\n")
+
+
+def with_earlier_runs(report: str, existing: str) -> str:
+    """RESULTS.md with this run on top: the file's own head replaced, every earlier run
+    and the history below kept as they were (a bench run never erases a measurement)."""
+    earlier = existing[len(RESULTS_HEAD):] if existing.startswith(RESULTS_HEAD) else existing
+    return RESULTS_HEAD + report.rstrip("\n") + "\n\n" + earlier.lstrip("\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(REPO / "runs" / "bench"))
@@ -467,9 +479,9 @@ def main() -> None:
         per_phase.append(f"| fine-tune, alternated run {i + 1}, the baseline with TF_ENABLE_ONEDNN_OPTS=1 | "
                          f"| {', '.join(f'{r:.0f}' for r in epoch_rates(p2['baseline_onednn'][i].text)['fine-tune'])} |")
     report = "\n".join([
-        "# Benchmark results",
+        f"## `make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        f"`make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}), on this machine: "
+        "On this machine: "
         f"{os.cpu_count()} cores, no GPU; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.",
         f"{cpu_line(Path('/proc/cpuinfo').read_text())}.",
         "Data: 2,000 real digit scans (scikit-learn), 96 px RGB JPEG, 1,603 train / 397 eval. Model: "
@@ -502,7 +514,7 @@ def main() -> None:
         "| component | wall s | CPU s | utilization |", "| --- | --- | --- | --- |",
         *comp_lines,
         "",
-        "Spans (issue 18): the same 2,000 images as span 1 and again as span 2; `xfer run --to DataCheck`. "
+        "Spans: the same 2,000 images as span 1 and again as span 2; `xfer run --to DataCheck`. "
         "With {SPAN}, ImportExampleGen also reads the previous span's train split for its statistics (the "
         "drift check); a window of two reads both spans' train splits as training data:",
         "",
@@ -527,7 +539,8 @@ def main() -> None:
         f"Timestamped logs of every run: `{logs.relative_to(REPO) if logs.is_relative_to(REPO) else logs}/`.",
         "",
     ])
-    Path(args.out).write_text(report)
+    out = Path(args.out)
+    out.write_text(with_earlier_runs(report, out.read_text() if out.exists() else ""))
     print(report)
 
 

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # oneDNN's CPU kernels. On Linux, TensorFlow turns them on by default only on CPUs with
 # AVX-512 VNNI or BF16, AVX-VNNI or AMX (DefaultOneDnnPolicy in
-# tensorflow/core/util/port.cc); on this 2-core AVX2 machine they trained phase 2 of the
-# bench's MobileNetV2 at about 245 images/s against 185 without (README, Speed). Results
+# tensorflow/core/util/port.cc); on a 2-core AVX2 CPU they made the bench's phase 2
+# 1.12 to 1.14 times faster (docs/speed.md). Results
 # differ from Eigen's by float round-off only. A user's own TF_ENABLE_ONEDNN_OPTS=0 wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

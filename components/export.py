@@ -93,7 +93,7 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
             # at a batch of one, oneDNN's CPU kernels take an im2col GEMM convolution
             # (ONEDNN_VERBOSE: x64:gemm:jit, 49 ms for MobileNetV2's block_1 1x1 expand
             # here, against 0.3 ms for brgconv_1x1 at a batch of two), and a one-image
-            # request took 400 ms instead of about 20 (README, Speed).
+            # request took 400 ms instead of about 20 (docs/speed.md).
             k = tf.shape(pixels)[0]
             at_least_two = tf.concat([pixels, pixels[:tf.maximum(2 - k, 0)]], axis=0)
             return model(at_least_two, training=False)[:k]

@@ -36,7 +36,7 @@ def extractor(features_model: tf.keras.Model, freeze: bool = True):
 
     With `freeze`, the weights go into the graph as constants (unless they are larger
     than FREEZE_MAX_BYTES), which Grappler's constant folding can then fold ahead of the
-    run: about 720-790 against 515-634 images/s on the bench's CPU (README, Speed).
+    run (bench/extract.py measures frozen against plain; bench/RESULTS.md has the figures).
     The Trainer does not freeze on a TPU, where the plain function reads the variables
     where they live."""
     shape = [None, *features_model.input_shape[1:]]

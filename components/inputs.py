@@ -58,7 +58,7 @@ def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
     # No autotuning: AUTOTUNE parallelism then means one call per core. With the
     # autotuner on, freeing an iterator after a full pass over the bench's images, the
     # model running beside it, took about 2.4 s (one core idle) in 2 to 7 of every 10 to
-    # 14 passes; without it, in none of 24 (README, Speed). Every feature extraction and
+    # 14 passes; without it, in none of 24 (docs/speed.md). Every feature extraction and
     # every epoch's validation frees one.
     options.autotune.enabled = False
     return ds.with_options(options).prefetch(AUTOTUNE)

@@ -3,8 +3,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import (REPO, bench_config, component_windows, cpu_line, epoch_rates, epoch_seconds, figures, final_val_accuracy, phase1_parts,  # noqa: E402
-                       steady, trainer_sets)
+from bench.run import (REPO, RESULTS_HEAD, bench_config, component_windows, cpu_line, epoch_rates, epoch_seconds, figures, final_val_accuracy, phase1_parts,  # noqa: E402
+                       steady, trainer_sets, with_earlier_runs)
 
 
 def test_epoch_rates_per_phase_from_both_sides():
@@ -90,3 +90,12 @@ def test_one_config_for_xfer_run_and_for_trainer_alone():
                       "--set", "data.labels_file=/w/data/labels.txt"]
     assert trainer_sets(config) == [yaml, "root=/w/pipeline", "data.input_base=/w/data",
                                     "data.labels_file=/w/data/labels.txt"]
+
+
+def test_a_bench_run_goes_on_top_and_keeps_every_earlier_run():
+    first = with_earlier_runs("## `make bench`, day 1\n\nratio 0.9\n", "")
+    assert first.startswith(RESULTS_HEAD) and "day 1" in first
+    second = with_earlier_runs("## `make bench`, day 2\n\nratio 1.1\n", first + "\n## History of measurements\n\nold\n")
+    assert second.count("# Benchmark results") == 1
+    assert second.index("day 2") < second.index("day 1") < second.index("History of measurements")
+    assert "ratio 0.9" in second and "old" in second
