@@ -163,7 +163,7 @@ def cmd_ui(args) -> int:
 def cmd_predict(args) -> int:
     import os
 
-    from xfer.pipeline.predict import (Predictor, Progress, count_folder, file_items, folder_items,
+    from xfer.pipeline.predict import (Predictor, Progress, check_out, count_folder, file_items, folder_items,
                                        tfrecord_items, write_predictions)
 
     sources = [bool(args.images), args.folder is not None, args.tfrecords is not None]
@@ -177,6 +177,13 @@ def cmd_predict(args) -> int:
     if args.folder is not None and not os.path.isdir(args.folder):
         print(f"xfer predict: --folder {args.folder}: not a folder", file=sys.stderr)
         return 1
+    if args.max_file_bytes < 1:
+        print("xfer predict: --max-file-bytes must be at least 1", file=sys.stderr)
+        return 2
+    unwritable = check_out(args.out) if args.out else None
+    if unwritable:  # before the model is loaded and anything predicted
+        print(f"xfer predict: --out {args.out}: {unwritable}", file=sys.stderr)
+        return 2
     predictor = Predictor(args.model_dir)
     batch = args.batch or predictor.max_batch
     if batch > predictor.max_batch:
@@ -186,15 +193,15 @@ def cmd_predict(args) -> int:
         batch = predictor.max_batch
     total = None
     if args.images:
-        items, total = file_items(args.images), len(args.images)
+        items, total = file_items(args.images, args.max_file_bytes), len(args.images)
     elif args.folder is not None:
-        items = folder_items(args.folder)
+        items = folder_items(args.folder, args.max_file_bytes, out=args.out)
     else:
         items = tfrecord_items(args.tfrecords, image_key=args.image_key)
     progress = None
     if args.progress or sys.stderr.isatty():
         if args.folder is not None:
-            total = count_folder(args.folder)  # a walk of names only, before reading
+            total = count_folder(args.folder, out=args.out)  # a walk of names only, before reading
         progress = Progress(sys.stderr, total)
     summary = write_predictions(predictor.stream(items, top_k=args.top_k, batch=batch),
                                 out=args.out, as_json=args.json, progress=progress)
@@ -383,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "signature. Images are streamed in batches; unreadable files, "
                                    "non-images and bad records get one line each naming the reason; "
                                    "the others are still predicted. Exit 0 when at least one image "
-                                   "was predicted, 1 when none.")
+                                   "was predicted, 1 when none, 2 for a wrong argument (such as an "
+                                   "--out that cannot be written), found before anything is predicted.")
     p.add_argument("model_dir", help="SavedModel folder, or a push destination")
     p.add_argument("images", nargs="*", help="image files (JPEG, PNG, GIF, BMP)")
     p.add_argument("--folder", metavar="DIR",
@@ -396,11 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tfrecords: the feature holding the image bytes (default: image)")
     p.add_argument("--out", metavar="FILE",
                    help="write JSON Lines (one object per image) to FILE (via FILE.tmp, renamed "
-                        "when done) instead of printing")
+                        "when done) instead of printing; checked writable before anything is "
+                        "predicted (exit 2 if not); never read as an input under --folder")
+    from xfer.pipeline.predict import DEFAULT_MAX_FILE_BYTES  # light: no TensorFlow at import
+
+    p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                   help=f"refuse an image file above N bytes by its size, unread (one error line); "
+                        f"default {DEFAULT_MAX_FILE_BYTES} (64 MiB, one request's bytes; a JPEG at "
+                        f"serving.max_pixels' default, 40 megapixels, is 10-40 MB)")
     p.add_argument("--batch", type=int, metavar="N",
                    help="images per request (default and maximum: the model's serving.max_batch)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of lines (names exact; in lines, control characters "
+                        "in names are shown escaped: \\n, \\t, \\xNN)")
     p.add_argument("--progress", action="store_true",
                    help="progress line on stderr (images done, images/s) even when it is not a terminal")
     p.set_defaults(func=cmd_predict)

@@ -4,7 +4,13 @@ Images come from files given by name, every file under a folder (`--folder`), or
 image feature of tf.Examples in TFRecord files (`--tfrecords`). They are streamed: read,
 batched (`--batch`, capped by the model's `serving.max_batch`), sent, written, repeated;
 neither all images nor all results are ever held. Every input gives exactly one result
-(predicted, an error, or skipped with a reason), in input order."""
+(predicted, an error, or skipped with a reason), in input order.
+
+Nothing is read on trust: a file above `--max-file-bytes` is refused by its size before
+it is read, TFRecord files are read by `tfrecords.read_records` (each record's length
+checked before it is read; TensorFlow's reader segfaults on a header claiming 1 TiB),
+`--out` and its temporary file are never inputs, and `--out` is checked writable before
+the model is loaded."""
 from __future__ import annotations
 
 import json
@@ -20,6 +26,14 @@ SERVING_JSON = os.path.join("assets.extra", "serving.json")  # the model's limit
 DEFAULT_MAX_BATCH = 256
 TFRECORD_NAME_KEYS = ("id", "filename")  # copied into a record's result when present
 MAX_REQUEST_BYTES = 64 << 20  # a request is sent early once its files reach this size
+# A file above this is refused by its size, unread (`--max-file-bytes`): reading a 3 GB file
+# whole took the process to 7.4 GB. 64 MiB is one whole request's bytes (MAX_REQUEST_BYTES)
+# and above any image the model accepts: a JPEG at serving.max_pixels' default (40
+# megapixels) is 10-40 MB, and a larger image is refused by the model unread anyway.
+DEFAULT_MAX_FILE_BYTES = 64 << 20
+# Control characters (a newline in a file name) and undecodable bytes of a name, as they
+# are shown in text output, one line per input; JSON keeps the name exact.
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 @dataclass
@@ -45,7 +59,7 @@ class Prediction:
         return out
 
     def line(self) -> str:
-        name = self.image + "".join(f" ({k}={v})" for k, v in self.extra.items())
+        name = shown(self.image) + "".join(f" ({k}={shown(str(v))})" for k, v in self.extra.items())
         if self.skipped:
             return f"{name}: skipped: {self.skipped}"
         if self.error:
@@ -79,12 +93,73 @@ def resolve_model_dir(path: str) -> str:
     return latest
 
 
-def _read(path: str) -> tuple[Optional[bytes], Optional[str]]:
+def shown(name: str) -> str:
+    """A name on one line of text output: control characters and line separators as \\n,
+    \\t, \\xNN or \\uNNNN, and bytes that are not UTF-8 (kept by Python as lone
+    surrogates) as \\xNN; any other character as it is."""
+    import unicodedata
+
+    if name.isprintable():
+        return name
+    out = []
+    for c in name:
+        kind = unicodedata.category(c)
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif kind == "Cs" and "\udc80" <= c <= "\udcff":  # os.fsdecode's stand-in for a byte 0x80-0xff
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif kind in ("Cc", "Cs", "Zl", "Zp"):
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _read(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[Optional[bytes], Optional[str]]:
+    """The file's bytes, or why not; a file above max_bytes is refused by its size (stat),
+    unread, and one that grows meanwhile is not read past the limit."""
     try:
+        size = os.stat(path).st_size
+        if size > max_bytes:
+            return None, _too_large(size, max_bytes)
         with open(path, "rb") as f:
-            return f.read(), None
+            data = f.read(size + 1)  # one byte more than stat said: shows a file that grew
+            if len(data) > size:  # (or one whose size stat does not know, as in /proc)
+                data += f.read(max_bytes + 1 - len(data))
+            if len(data) > max_bytes:
+                return None, _too_large(len(data), max_bytes, "or more, growing while read")
+            return data, None
     except OSError as e:
         return None, f"cannot read file: {e.strerror}"
+
+
+def _too_large(size: int, max_bytes: int, more: str = "") -> str:
+    from xfer.components.tfrecords import size_text
+
+    return (f"too large: {size_text(size)}{' ' + more if more else ''}, above --max-file-bytes "
+            f"{max_bytes}; not read (raise --max-file-bytes if it is an image)")
+
+
+def check_out(out: str) -> Optional[str]:
+    """Why `--out` cannot be written, checked before anything is predicted (None: it can):
+    a folder, a missing or unwritable parent folder. Tried for real: a file is made and
+    removed beside it, as OUT.tmp will be."""
+    import tempfile
+
+    if os.path.isdir(out):
+        return f"is a folder; give a file name (e.g. {os.path.join(out, 'predictions.jsonl')})"
+    if os.path.isdir(out + ".tmp"):
+        return f"its temporary file {out}.tmp is a folder; remove it or give another name"
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        return f"{parent} {'is not a folder' if os.path.exists(parent) else 'does not exist'}; give a file in a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".xfer-predict-", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f"cannot write in {parent} ({e.strerror})"
+    return None
 
 
 def _decodes(data: bytes) -> bool:
@@ -100,32 +175,48 @@ def _decodes(data: bytes) -> bool:
 
 # --- sources: each yields one Item per input, in order, reading as it goes -------------
 
-def file_items(paths: Iterable[str]) -> Iterator[Item]:
+def file_items(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Item]:
     for p in paths:
-        data, error = _read(p)
+        data, error = _read(p, max_bytes)
         yield Item(p, data=data, error=error)
 
 
-def _folder_entries(root: str) -> Iterator[tuple[str, Optional[str]]]:
+def _output_names(out: Optional[str]) -> tuple[Optional[str], set]:
+    """(the real folder of `out`, {its name, its temporary file's name}): never inputs."""
+    if not out:
+        return None, set()
+    name = os.path.basename(out)
+    return os.path.realpath(os.path.dirname(os.path.abspath(out))), {name, name + ".tmp"}
+
+
+def _folder_entries(root: str, out: Optional[str] = None) -> Iterator[tuple[str, Optional[str]]]:
     """(path, None) for each file to read under `root`, or (path, why it is skipped).
     Recursive, each folder's entries sorted by name with files and subfolders merged (so
     a/b.png, a/c/x.png, a/d.png: sorted path order); symlinks to folders are never
     followed (one line each), hidden entries (`.DS_Store`, `._x.jpg`, `.git/`) are
-    reported, not read."""
+    reported, not read. `out` and its temporary file, when they are in the folder (a
+    previous output, and the one being written), are left out: they are no input."""
+    yield from _walk(root, *_output_names(out))
+
+
+def _walk(root: str, out_dir: Optional[str], out_names: set) -> Iterator[tuple[str, Optional[str]]]:
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
         yield root, f"cannot list folder: {e.strerror}"
         return
+    here_out = out_names if out_dir is not None and os.path.realpath(root) == out_dir else set()
     for e in entries:
         path = e.path
         try:
             is_link, is_dir = e.is_symlink(), e.is_dir(follow_symlinks=False)
-            if e.name.startswith("."):
+            if e.name in here_out:
+                continue  # the output, not an input: neither read nor listed
+            elif e.name.startswith("."):
                 yield path, "hidden folder" if is_dir else "hidden file"
             elif is_dir:
-                yield from _folder_entries(path)
+                yield from _walk(path, out_dir, out_names)
             elif is_link and os.path.isdir(path):
                 yield path, "symlink to a folder (not followed)"
             elif is_link and not os.path.exists(path):
@@ -137,53 +228,42 @@ def _folder_entries(root: str) -> Iterator[tuple[str, Optional[str]]]:
             yield path, None  # reading it reports the error
 
 
-def folder_items(root: str) -> Iterator[Item]:
-    for path, skipped in _folder_entries(root):
+def folder_items(root: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES, out: Optional[str] = None) -> Iterator[Item]:
+    for path, skipped in _folder_entries(root, out):
         if skipped:
             yield Item(path, skipped=skipped)
         else:
-            data, error = _read(path)
+            data, error = _read(path, max_bytes)
             yield Item(path, data=data, error=error)
 
 
-def count_folder(root: str) -> int:
-    return sum(1 for _ in _folder_entries(root))
-
-
-def _reader_error(message: str) -> str:
-    """TensorFlow's reader message without the op's decorations: `truncated record at
-    byte 1780`, `corrupted record at byte 902` (a CRC mismatch)."""
-    import re
-
-    m = re.search(r"(truncated|corrupted) record at (\d+)", message)
-    if m:
-        return f"{m.group(1)} record at byte {m.group(2)}"
-    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message.splitlines()[0])
-    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip() or "unreadable"
+def count_folder(root: str, out: Optional[str] = None) -> int:
+    return sum(1 for _ in _folder_entries(root, out))
 
 
 def tfrecord_items(pattern: str, image_key: str = "image") -> Iterator[Item]:
     """The image feature of every tf.Example in the files matching `pattern` (GZIP when a
-    name ends in .gz or .gzip, as everywhere in xfer), named `FILE#INDEX`. A broken file (truncated, bad CRC) gives one
-    error naming the record where reading stopped; the next file is read."""
+    name ends in .gz or .gzip, as everywhere in xfer), named `FILE#INDEX`, read by
+    tfrecords.read_records. A broken file (cut short, a bad CRC, a length beyond the
+    file's end or above its limit) gives one error naming the record where reading
+    stopped and its byte offset; the next file is read."""
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
-    from xfer.components.tfrecords import compression_of
+    from xfer.components.tfrecords import FramingError, read_records
 
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         yield Item(pattern, error="no TFRecord file matches this pattern")
         return
     for path in files:
-        compression = compression_of(path)
         index = 0
         try:
-            for raw in tf.data.TFRecordDataset(path, compression_type=compression):
+            for raw in read_records(path):
                 name = f"{path}#{index}"
                 index += 1
                 try:
-                    example = tf.train.Example.FromString(raw.numpy())
+                    example = tf.train.Example.FromString(raw)
                 except DecodeError:
                     yield Item(name, error="not a tf.Example")
                     continue
@@ -206,11 +286,11 @@ def tfrecord_items(pattern: str, image_key: str = "image") -> Iterator[Item]:
                                            f"1 expected", extra=extra)
                     continue
                 yield Item(name, data=values[0], extra=extra)
-        except (tf.errors.DataLossError, tf.errors.OpError) as e:
-            reason = _reader_error(e.message or type(e).__name__)
-            what = ("broken TFRecord file" if isinstance(e, tf.errors.DataLossError)
-                    else "cannot read TFRecord file")
-            yield Item(f"{path}#{index}", error=f"{what} ({reason}); "
+        except FramingError as e:
+            yield Item(f"{path}#{e.index}", error=f"broken TFRecord file: {e.located}; "
+                                                  f"records from {e.index} on not read")
+        except OSError as e:
+            yield Item(f"{path}#{index}", error=f"cannot read TFRecord file ({e.strerror or e}); "
                                                 f"records from {index} on not read")
 
 

@@ -182,9 +182,11 @@ def test_tfrecords_mode_predicts_good_records_and_names_broken_ones(served, tmp_
                   "error": "no 'image' feature (--image-key)"}
     assert a3["error"] == "not a tf.Example"
     assert a4["error"] == UNDECODABLE.decode()
-    assert re.fullmatch(r"broken TFRecord file \(truncated record at byte \d+\); records from 2 on not read",
-                        b2["error"]), b2
-    assert re.fullmatch(r"broken TFRecord file \(corrupted record at byte \d+\); records from 1 on not read",
+    assert re.fullmatch(r"broken TFRecord file: record 2 at byte \d+: cut short: it claims \d+ bytes "
+                        r"\(and a 4-byte checksum\) but only \d+ bytes remain; an interrupted copy or write\? "
+                        r"copy the file again or remove it; records from 2 on not read", b2["error"]), b2
+    assert re.fullmatch(r"broken TFRecord file: record 1 at byte \d+: corrupted \(its data checksum does not "
+                        r"match\); the file was damaged; write or copy it again; records from 1 on not read",
                         c1["error"]), c1
     files = tmp_path / "files"
     files.mkdir()
