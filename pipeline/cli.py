@@ -457,8 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval", type=float, default=0.2, help="share for eval (0.2)")
     d.add_argument("--test", type=float, default=0.0, help="share for test (0)")
     d.add_argument("--shards", type=int, help="shards per split (default: one per 2,000 images)")
-    d.add_argument("--max-pixels", type=int, default=50_000_000,
-                   help="refuse larger images as decompression bombs (default 50,000,000)")
+    d.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="refuse larger images as decompression bombs (default 40,000,000, data.max_pixels' "
+                        "default, above which DataCheck refuses an image). For genuine larger photos raise "
+                        "it and give --max-side, which stores them shrunk")
     d.add_argument("--max-side", type=int, metavar="N",
                    help="store images larger than N pixels on their longer side shrunk to N (aspect kept; "
                         "JPEG re-encoded at quality 95): less disk and less decoding in every epoch. "

@@ -33,7 +33,9 @@ SPLIT_NAMES = {"train": "train", "eval": "eval", "valid": "eval", "validation": 
 # What TensorFlow's decode_image reads as RGB as it is; anything else is re-encoded.
 TF_READS = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "RGBA", "L", "LA", "P", "1"},
             "GIF": {"P", "L", "RGB"}, "BMP": {"RGB", "RGBA"}}
-DEFAULT_MAX_PIXELS = 50_000_000  # ~7000 x 7000; larger is refused as a decompression bomb
+# Larger is refused as a decompression bomb. The same as data.max_pixels' default, above
+# which DataCheck refuses an image: what is imported is what trains.
+DEFAULT_MAX_PIXELS = 40_000_000
 EXAMPLES_PER_SHARD = 2000
 MIN_SIDE = 32  # --max-side below this leaves nothing to train on
 
