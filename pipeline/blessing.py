@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 ACCURACY = "sparse_categorical_accuracy"
 EXAMPLE_COUNT = "example_count"
-NOT_APPLIED = "not applied: no model served yet"
+NOT_APPLIED = "not applied: no served model to compare with"
 # The Evaluator's slice on the true label (pipeline.eval_config): Transform's feature name.
 LABEL_SLICE = "label"
 LOW = "LOW"
@@ -135,7 +135,7 @@ class Blessing:
         else:
             text = "NOT BLESSED: " + ("; ".join(self.failures) or "a threshold failed")
         if first:
-            text += " (no model served yet: judged on value thresholds alone)"
+            text += " (no served model to compare with: judged on value thresholds alone)"
         return text
 
 

@@ -159,7 +159,7 @@ def result(summary: RunSummary, ev, error: Optional[str] = None, live_run_id: Op
             if getattr(ev, key) is not None:
                 thresholds.append({"key": f"eval.{key}", "metric": "accuracy", "kind": kind,
                                    "value": getattr(ev, key), "candidate": b.candidate, "baseline": b.baseline,
-                                   "result": ("not applied: no model served yet" if b.baseline is None
+                                   "result": ("not applied: no served model to compare with" if b.baseline is None
                                               else "fail" if b.change_failed else "pass")})
     if summary.pushed_to:
         pushed = {"version": summary.pushed_version, "destination": summary.pushed_to,

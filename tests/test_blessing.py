@@ -67,8 +67,8 @@ def test_first_run_keeps_the_tables_layout(tmp_path):
     assert b.report(ev) == [
         '  threshold                                                  candidate  baseline  result',
         '  accuracy >= 0.8 (eval.min_accuracy)                        0.9353     -         pass',
-        '  accuracy drop <= 0.02 vs the served model (eval.max_drop)  0.9353     none      not applied: no model served yet']
-    assert b.headline(ev) == ("BLESSED: every threshold passed (no model served yet: "
+        '  accuracy drop <= 0.02 vs the served model (eval.max_drop)  0.9353     none      not applied: no served model to compare with']
+    assert b.headline(ev) == ("BLESSED: every threshold passed (no served model to compare with: "
                               "judged on value thresholds alone)")
 
 

@@ -52,8 +52,8 @@ def test_first_run_blessed_on_value_thresholds_alone_and_pushed_as_version_1(run
     assert good.pushed_to == str(runs["root"] / "serving" / "1")
     assert good.blessing.candidate > 0.5, "the model must really learn, or threshold tests are noise"
     out = runs["out"]["good"]
-    assert "BLESSED: every threshold passed (no model served yet: judged on value thresholds alone)" in out, out
-    assert "not applied: no model served yet" in out
+    assert "BLESSED: every threshold passed (no served model to compare with: judged on value thresholds alone)" in out, out
+    assert "not applied: no served model to compare with" in out
     assert f"pushed to: {good.pushed_to} (version 1)" in out
 
 

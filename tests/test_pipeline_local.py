@@ -76,7 +76,7 @@ def test_first_run_executes_everything_blesses_and_pushes(runs):
     assert first.pushed_to and os.path.isdir(first.pushed_to)
     assert first.pushed_version == "1" and first.pushed_new
     out = runs["out"]["first"]
-    assert "BLESSED" in out and "no model served yet" in out and "pushed to:" in out
+    assert "BLESSED" in out and "no served model to compare with" in out and "pushed to:" in out
     assert "eval accuracy:" in out and "total time:" in out
     for component in UP_TO_TRAINER + AFTER_TRAINER:  # a progress line per step, start and end
         assert f"[xfer] {component} running ..." in out and f"[xfer] {component} done (" in out, component
