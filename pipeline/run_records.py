@@ -161,6 +161,11 @@ def _run(store, run_ctx, names: dict, root: str, live: Optional[str], with_artif
         last = ex.last_update_time_since_epoch if last is None else max(last, ex.last_update_time_since_epoch)
     summary = RunSummary(run_id=run_ctx.name, states={n: s.state for n, s in steps.items()})
     result = read_result(root, run_ctx.name)
+    for step in steps.values():
+        if step.state == "failed" and not step.error and result and result.get("error"):
+            # The local runner records no message on the execution; `xfer run` wrote the
+            # step's error (its root cause) to the run's result.json.
+            step.error = result["error"]
     run_status = status(summary, live)
     if result and result.get("status") == "failed":
         run_status = "failed"
