@@ -7,6 +7,7 @@ served, blesses and pushes (nothing could fail); a run asked for an unreachable 
 with --require-blessed exits with its own code. The preflight stops bad configs before
 any step runs.
 """
+import json
 import os
 import signal
 import subprocess
@@ -87,11 +88,20 @@ def test_lock_kill_interrupted_first_bless_and_require_blessed(tmp_path):
     assert f"was interrupted" in third and f"pid {first.pid}" in third, third
     assert "removed" in third and ".staging-1-0badc0de" in third
     assert "marked" in third and "as interrupted" in third
-    assert "BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no model served yet" in third
+    # The killed run never wrote its result.json: the run that found it did, for it.
+    killed = runs.splitlines()[0].split()[0]
+    path = root / "reports" / killed.replace(":", "-") / "result.json"
+    assert f"wrote {path} for the interrupted run {killed}" in third, third
+    result = json.loads(path.read_text())
+    assert result["run_id"] == killed and result["status"] == "interrupted", result
+    assert result["steps"]["Trainer"] == "interrupted" and result["steps"]["Transform"] in ("executed", "cached")
+    assert result["error"].startswith("interrupted in Trainer: the run's process ended before the step finished")
+    assert result["pushed"] is None and result["not_pushed_because"] == "the run was interrupted"
+    assert "BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no served model to compare with" in third
     assert "pushed to:" in third and "(version 1)" in third
     assert sorted(p.name for p in serving.iterdir()) == ["1"]  # no staging left
     shown = xfer("show", *config, "latest", "Evaluator").stdout
-    assert "BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no model served yet" in shown
+    assert "BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no served model to compare with" in shown
     runs = xfer("runs", *config).stdout.splitlines()
     headers = [line for line in runs if not line.startswith(" ")]
     assert " interrupted " in headers[0] and " complete " in headers[1], runs
