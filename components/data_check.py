@@ -22,6 +22,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from xfer.components.import_gen import SPAN_STATS, SPANS_PROPERTY, read_provenance, read_span_stats
+from xfer.components.kfp_artifacts import HTML
 from xfer.components.labels import label_value_problem
 from xfer.components.settings import DataConfig
 from xfer.components.tfrecords import compression_of, fingerprint, label_text
@@ -342,6 +343,7 @@ def DataCheck(
     examples: InputArtifact[standard_artifacts.Examples],
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     checked_examples: OutputArtifact[standard_artifacts.Examples],
+    report: OutputArtifact[HTML],
     image_key: Parameter[str],
     label_key: Parameter[str],
     num_classes: Parameter[int],
@@ -446,3 +448,16 @@ def DataCheck(
     if bad:
         print(f"[xfer] skipped {len(bad)} bad record(s) (data.on_bad_image: skip): {shown}; "
               f"all listed in {bad_path}", flush=True)
+    write_report(report, checked_examples)
+
+
+def write_report(report, checked_examples) -> str:
+    """DataCheck's outcome as one page, for the Kubeflow UI's HTML viewer (a system.HTML
+    output: components/kfp_artifacts.py): records kept per split and label, the drift
+    comparison between spans, the bad records skipped by the user's file and index; the
+    same view `xfer ui` draws (pipeline/html_views.py, checked_view)."""
+    from xfer.components import kfp_artifacts
+    from xfer.pipeline import html_views
+
+    page = kfp_artifacts.html_page("DataCheck", [html_views.checked_view(checked_examples.mlmd_artifact)])
+    return kfp_artifacts.write_document(report, page, "DataCheck: records kept, drift, bad records")

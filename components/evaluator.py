@@ -22,9 +22,12 @@ from typing import Optional
 
 from tfx.components import Evaluator as TfxEvaluator
 from tfx.components.evaluator import executor as tfx_evaluator
-from tfx.dsl.components.base import executor_spec
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_component_specs
+from tfx.types.component_spec import ChannelParameter
 
+from xfer.components import kfp_artifacts
 from xfer.components.baseline import SERVED_PATH, SERVED_VERSION, SERVING_DIR, has_baseline
 
 
@@ -118,9 +121,59 @@ class Executor(tfx_evaluator.Executor):
                 print(f"[xfer] {note}", flush=True)
                 exec_properties = {**exec_properties, config_key: config}
         super().Do({**input_dict, key: baselines}, output_dict, exec_properties)
+        fill_kfp_views(input_dict, output_dict)
+
+
+# The outputs the Kubeflow UI draws (components/kfp_artifacts.py).
+METRICS_KEY, CONFUSION_MATRIX_KEY = "metrics", "confusion_matrix"
+
+
+def fill_kfp_views(input_dict: dict, output_dict: dict) -> None:
+    """Accuracy and recall per class (system.Metrics) and the confusion matrix
+    (system.ClassificationMetrics), from the evaluation TFMA just wrote, with the class
+    names the Trainer exported beside the model."""
+    from tfx.types import artifact_utils
+    from tfx.utils import path_utils
+
+    from xfer.components.model_card import class_names
+    from xfer.pipeline.blessing import read_blessing
+
+    if not output_dict.get(METRICS_KEY) and not output_dict.get(CONFUSION_MATRIX_KEY):
+        return
+    evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
+    blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+    model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+    names = class_names(path_utils.serving_model_path(model.uri)) or None
+    blessed = blessing.has_custom_property("blessed") and blessing.get_int_custom_property("blessed") == 1
+    if output_dict.get(METRICS_KEY):
+        kfp_artifacts.fill_metrics(artifact_utils.get_single_instance(output_dict[METRICS_KEY]),
+                                   read_blessing(evaluation.uri, blessed, names))
+    if output_dict.get(CONFUSION_MATRIX_KEY):
+        matrix = kfp_artifacts.confusion_matrix(evaluation.uri)
+        if matrix is not None:
+            kfp_artifacts.fill_confusion_matrix(
+                artifact_utils.get_single_instance(output_dict[CONFUSION_MATRIX_KEY]), matrix, names)
+
+
+class EvaluatorSpec(standard_component_specs.EvaluatorSpec):
+    """TFX's Evaluator spec with the outputs the Kubeflow UI draws."""
+    OUTPUTS = {**standard_component_specs.EvaluatorSpec.OUTPUTS,
+               METRICS_KEY: ChannelParameter(type=kfp_artifacts.Metrics),
+               CONFUSION_MATRIX_KEY: ChannelParameter(type=kfp_artifacts.ClassificationMetrics)}
 
 
 class Evaluator(TfxEvaluator):
     # A subclass of TFX's executor, so the KFP v2 entrypoint's blessing fix-up (it checks
     # issubclass of the Evaluator executor) still applies.
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+    # SPEC_CLASS stays TFX's: its __init__ checks its own spec against it, and ours is one.
+
+    def __init__(self, **kwargs):
+        # TFX's __init__ builds TFX's spec from the arguments; the same, with two outputs more.
+        super().__init__(**kwargs)
+        tfx_spec = self.spec
+        spec = EvaluatorSpec(
+            **{k: v for k, v in tfx_spec.exec_properties.items() if v is not None}, **tfx_spec.inputs,
+            **tfx_spec.outputs, metrics=types.Channel(type=kfp_artifacts.Metrics),
+            confusion_matrix=types.Channel(type=kfp_artifacts.ClassificationMetrics))
+        base_component.BaseComponent.__init__(self, spec=spec)

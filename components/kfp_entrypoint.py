@@ -14,7 +14,11 @@ TFX's own `kubeflow_v2_run_executor`:
    output inside the step, with TFX's own driver code. TFX compiles that driver as a
    `lifecycle.preCacheCheck` hook, which only Vertex AI runs: nothing in the open-source
    backend reads `lifecycle`, so without this a `{SPAN}` pattern is globbed literally.
-3. deletes the zero-byte "directory" objects TensorFlow's GCS filesystem leaves under a
+3. gives the outputs of KFP's own types (system.Metrics, system.HTML, ...) the classes that
+   write them (components/kfp_artifacts.py): TFX's entrypoint reads an output's type title
+   as the import path of its class; and keeps a system.Metrics artifact's metadata to
+   numbers, the metrics the KFP UI lists.
+4. deletes the zero-byte "directory" objects TensorFlow's GCS filesystem leaves under a
    gs:// output, which make the open-source launcher's input download fail in the next
    step ("mkdir ...: not a directory", kubeflow/pipelines#13476, open).
 """
@@ -138,6 +142,8 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if restored:
         print(f"[xfer] input types restored from the component spec: {', '.join(sorted(restored))}",
               flush=True)
+    from xfer.components import kfp_artifacts
+    kfp_artifacts.as_tfx_classes(executor_input)
     if is_file_based_example_gen(args.executor_class_path, executor_input):
         from tfx.orchestration.kubeflow.v2.file_based_example_gen import driver
 
@@ -158,6 +164,8 @@ def run(parsed: tuple[argparse.Namespace, list[str]]) -> None:
     tfx_entry.main((args, beam_args))
     executor_input = json_format.Parse(args.json_serialized_invocation_args,
                                        pipeline_spec_pb2.ExecutorInput(), ignore_unknown_fields=True)
+    from xfer.components import kfp_artifacts
+    kfp_artifacts.numbers_only(executor_input)
     for artifacts in executor_input.outputs.artifacts.values():
         for artifact in artifacts.artifacts:
             removed = remove_directory_markers(artifact.uri)

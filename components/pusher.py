@@ -47,6 +47,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
+from xfer.components import kfp_artifacts
 from xfer.components.settings import PusherSettings
 
 COMPLETE_MARKER = "_XFER_COMPLETE"
@@ -177,6 +178,8 @@ def write_tflite(model_path: str, version_dir: str) -> str:
 MODEL_RUN_KEY, EXAMPLES_KEY, EVALUATION_KEY, BASELINE_KEY = "model_run", "examples", "evaluation", "baseline_model"
 RUN_ID_KEY = "run_id"
 MODEL_CARD_PROPERTY = "model_card"
+# The outputs the Kubeflow UI draws (components/kfp_artifacts.py).
+BLESSING_REPORT_KEY, MODEL_CARD_KEY = "blessing_report", "model_card"
 
 
 class PusherSpec(standard_component_specs.PusherSpec):
@@ -188,6 +191,9 @@ class PusherSpec(standard_component_specs.PusherSpec):
               EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
               EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
               BASELINE_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True)}
+    OUTPUTS = {**standard_component_specs.PusherSpec.OUTPUTS,
+               BLESSING_REPORT_KEY: ChannelParameter(type=kfp_artifacts.HTML),
+               MODEL_CARD_KEY: ChannelParameter(type=kfp_artifacts.Markdown)}
 
 
 def _one(input_dict: dict, key: str):
@@ -208,12 +214,13 @@ class Executor(tfx_pusher.Executor):
            exec_properties: dict[str, Any]) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
         pushed = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        s = PusherSettings.model_validate_json(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY])
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(pushed)
+            fill_kfp_views(input_dict, output_dict, s, blessed=False, card_path=None)
             return
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
-        s = PusherSettings.model_validate_json(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         base = destination.filesystem.base_directory
         model_path = self.GetModelPath(input_dict)
@@ -242,13 +249,42 @@ class Executor(tfx_pusher.Executor):
                          pushed_version=os.path.basename(version_dir))
         pushed.set_int_custom_property("new_version", int(new))
         from xfer.components.model_card import MARKDOWN
-        if tf.io.gfile.exists(os.path.join(version_dir, MARKDOWN)):
-            pushed.set_string_custom_property(MODEL_CARD_PROPERTY, os.path.join(version_dir, MARKDOWN))
+        card_path = os.path.join(version_dir, MARKDOWN)
+        if tf.io.gfile.exists(card_path):
+            pushed.set_string_custom_property(MODEL_CARD_PROPERTY, card_path)
+        fill_kfp_views(input_dict, output_dict, s, blessed=True,
+                       card_path=card_path if tf.io.gfile.exists(card_path) else None)
         if s.vertex_model_registry and new:
             from xfer.components.model_registry import register
             name = register(version_dir, s.vertex_model_registry)
             logging.info("Registered %s in the Vertex AI Model Registry as %s.", version_dir, name)
             pushed.set_string_custom_property("vertex_model", name)
+
+
+def fill_kfp_views(input_dict: dict, output_dict: dict, s: PusherSettings, blessed: bool,
+                   card_path: Optional[str]) -> None:
+    """The blessing report (system.HTML, the renderer's view: pipeline/html_views.py) and
+    the pushed version's model card (system.Markdown, the card's own MODEL_CARD.md), or one
+    line saying why there is none: a KFP viewer given no file shows an error."""
+    from xfer.pipeline import html_views
+
+    report = _one(output_dict, BLESSING_REPORT_KEY)
+    if report is not None:
+        evaluation, model = _one(input_dict, EVALUATION_KEY), _one(input_dict, standard_component_specs.MODEL_KEY)
+        if evaluation is None:
+            view = html_views.lines_view("Blessing report", ["no evaluation reached this step: no report"])
+        else:
+            view = html_views.blessing_view(evaluation.uri, blessed, getattr(model, "uri", None), s.eval)
+        kfp_artifacts.write_document(report, kfp_artifacts.html_page("Blessing report", [view]), "blessing report")
+    card = _one(output_dict, MODEL_CARD_KEY)
+    if card is not None:
+        if card_path is not None:
+            text = tf.io.gfile.GFile(card_path).read()
+        elif blessed:
+            text = "# Model card\n\nThe pushed version has no model card (MODEL_CARD.md).\n"
+        else:
+            text = "# Model card\n\nNothing pushed: the model was not blessed, so there is no new version and no card.\n"
+        kfp_artifacts.write_document(card, text, "model card")
 
 
 class Pusher(TfxPusher):
@@ -265,6 +301,8 @@ class Pusher(TfxPusher):
             model=model, model_blessing=model_blessing, push_destination=push_destination,
             custom_config=json_utils.dumps(custom_config), run_id=run_id,
             model_run=model_run, examples=examples, evaluation=evaluation, baseline_model=baseline_model,
-            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+            blessing_report=types.Channel(type=kfp_artifacts.HTML),
+            model_card=types.Channel(type=kfp_artifacts.Markdown))
         # TFX's Pusher.__init__ builds TFX's spec; this one is built above.
         base_component.BaseComponent.__init__(self, spec=spec)

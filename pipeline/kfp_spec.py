@@ -13,7 +13,13 @@ is a step, components/baseline.py). What is left is done here, on the PipelineSp
   cache key is made of the task's inputs, which for ImportExampleGen are a file pattern
   that stays the same when a new span lands, and for ServedBaseline nothing at all;
 - every task lists, in `dependentTasks`, every task whose outputs it reads: the
-  open-source backend orders tasks by that list alone.
+  open-source backend orders tasks by that list alone;
+- the outputs of KFP's own types (system.Metrics, system.ClassificationMetrics,
+  system.HTML, system.Markdown: components/kfp_artifacts.py), which TFX writes as an
+  instanceSchema titled with the type, are written as KFP's compiler writes them:
+  `schemaTitle` and `schemaVersion` 0.0.1. Either names the ML Metadata type the UI draws
+  by (backend/src/v2/component/launcher_v2.go, getArtifactSchema); this form is the one
+  every KFP tool (kfp.local, the SDK's loader, Vertex) knows as that type.
 
 The two targets take different documents. Kubeflow takes the PipelineSpec itself: its
 API server reads an uploaded file as YAML documents and keeps one only if it parses
@@ -60,6 +66,12 @@ def _producers(task: dict) -> set[str]:
 
 def make_conformant(spec: dict) -> dict:
     """The PipelineSpec TFX wrote, changed in place as the module doc says."""
+    from xfer.components.kfp_artifacts import KFP_SCHEMA_VERSION, kfp_types
+
+    for component in spec.get("components", {}).values():
+        outputs = component.get("outputDefinitions", {}).get("artifacts", {})
+        for name, title in kfp_types(outputs).items():
+            outputs[name]["artifactType"] = {"schemaTitle": title, "schemaVersion": KFP_SCHEMA_VERSION}
     for executor in spec["deploymentSpec"]["executors"].values():
         executor.get("container", {}).pop("lifecycle", None)
     for name, task in spec["root"]["dag"]["tasks"].items():
@@ -149,7 +161,16 @@ def violations(spec: dict) -> list[str]:
                 found.append(f"{where}task {name} may be taken from the cache, but its output can "
                              f"change under the same inputs")
     walk(spec.get("root", {}).get("dag", {}), "")
+    from xfer.components.kfp_artifacts import KFP_SCHEMA_VERSION, kfp_types
+
     for cname, component in sorted(spec.get("components", {}).items()):
+        outputs = component.get("outputDefinitions", {}).get("artifacts", {})
+        for key, title in sorted(kfp_types(outputs).items()):
+            written = outputs[key]["artifactType"]
+            if written != {"schemaTitle": title, "schemaVersion": KFP_SCHEMA_VERSION}:
+                found.append(f"component {cname} output {key} of type {title} is written as {written}: KFP's "
+                             f"compiler writes schemaTitle {title} with schemaVersion {KFP_SCHEMA_VERSION} "
+                             f"(kfp/dsl/types/artifact_types.py), the form the KFP UI's viewers are tested with")
         for key, definition in component.get("inputDefinitions", {}).get("parameters", {}).items():
             if "parameterType" not in definition:
                 found.append(f"component {cname} input {key} has no parameterType: the driver "
