@@ -32,7 +32,6 @@ On the local runner the types are ML Metadata types of the same names; `xfer sho
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -246,8 +245,3 @@ def _yaml_title(text: str) -> str:
     import yaml
     return (yaml.safe_load(text) or {}).get("title", "")
 
-
-def dumps_metadata(artifact: Artifact) -> str:
-    """The artifact's custom properties as the JSON metadata TFX's entrypoint would write."""
-    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as u
-    return json.dumps(u._get_json_metadata_mapping(artifact), sort_keys=True)

@@ -33,3 +33,38 @@ def pipeline_specs_as_the_api_server_reads(path: Path) -> list:
         if spec.pipeline_info.name and spec.HasField("root"):
             found.append((doc, spec))
     return found
+
+
+# The ML Metadata type names the KFP v2 UI draws, and how (kubeflow/pipelines
+# frontend/src/components/viewers/MetricsVisualizations.tsx; the run comparison,
+# frontend/src/pages/CompareV2.tsx, compares the same four). Each viewer skips an artifact
+# without a display_name custom property, which the launcher sets to the output's name when
+# the step did not (backend/src/v2/metadata/client.go, RecordArtifact).
+UI_VIEWERS = {
+    "system.Metrics": "Scalar Metrics table: every custom property but display_name (ScalarMetricsSection)",
+    "system.ClassificationMetrics": "confusion matrix from the confusionMatrix custom property "
+                                    "(ConfusionMatrixSection, validateConfusionMatrix)",
+    "system.HTML": "Static HTML: the file at the artifact's URI, in a frame (getHtmlViewerConfig)",
+    "system.Markdown": "Static Markdown: the file at the artifact's URI (getMarkdownViewerConfig)",
+}
+
+
+def _yaml_title(instance_schema: str) -> str:
+    return (yaml.safe_load(instance_schema) or {}).get("title", "")
+
+
+def ui_typed_outputs(spec: dict) -> dict:
+    """{"Task.output": (ML Metadata type name, schemaVersion)} of every task output the KFP UI
+    draws. The launcher names the type from the output definition: `schemaTitle` as is, an
+    `instanceSchema` by its `title:` (backend/src/v2/component/launcher_v2.go,
+    getArtifactSchema; backend/src/v2/metadata/client.go, SchemaToArtifactType). An
+    instanceSchema has no version: ''."""
+    found = {}
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        for key, definition in component.get("outputDefinitions", {}).get("artifacts", {}).items():
+            t = definition["artifactType"]
+            title = t.get("schemaTitle") or _yaml_title(t.get("instanceSchema", ""))
+            if title in UI_VIEWERS:
+                found[f"{task_name}.{key}"] = (title, t.get("schemaVersion", ""))
+    return found

@@ -5,6 +5,23 @@ from the file `xfer compile` writes, as written, the way the API server reads an
 parsed strictly, unknown fields refused, as a PipelineSpec with pipelineInfo.name and root;
 see tests/kfp_upload.py).
 
+The run's views reach the KFP UI as artifacts of the types it draws. The type name in ML
+Metadata comes from the compiled output definition: TFX's v2 compiler writes a custom
+artifact class's TYPE_NAME as its instanceSchema title (tensorflow/tfx
+tfx/orchestration/kubeflow/v2/compiler_utils.py, get_artifact_schema), pipeline/kfp_spec.py
+rewrites it as KFP's compiler writes it (schemaTitle, schemaVersion 0.0.1:
+kfp/dsl/types/artifact_types.py), and the launcher records either under the title
+(backend/src/v2/component/launcher_v2.go, getArtifactSchema; backend/src/v2/metadata/
+client.go, SchemaToArtifactType). The frontend picks viewers by that name
+(frontend/src/components/viewers/MetricsVisualizations.tsx):
+
+  output                     ML Metadata type               viewer
+  Evaluator.metrics          system.Metrics                 Scalar Metrics table
+  Evaluator.confusion_matrix system.ClassificationMetrics   confusion matrix
+  Pusher.blessing_report     system.HTML                    Static HTML (file at the URI)
+  Pusher.model_card          system.Markdown                Static Markdown (file at the URI)
+  DataCheck.report           system.HTML                    Static HTML (file at the URI)
+
 Each assertion names the backend file that enforces the rule. The rules are written
 here from those files, not imported from pipeline/kfp_spec.py, so this test does not
 grade the compiler with its own answer key. The last test shows the rules bite: TFX's
@@ -19,7 +36,7 @@ import pytest
 import yaml
 
 from conftest import CIFAR, CONFIGS, xfer
-from kfp_upload import pipeline_specs_as_the_api_server_reads
+from kfp_upload import UI_VIEWERS, pipeline_specs_as_the_api_server_reads, ui_typed_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ["python", "-m", "xfer.components.kfp_entrypoint"]
@@ -140,6 +157,30 @@ def test_span_data_and_the_served_model_are_never_taken_from_a_cache(compiled):
     assert "ServedBaseline" in tasks["Evaluator"]["dependentTasks"]
 
 
+# What the KFP UI draws for this pipeline: output -> (ML Metadata type, schemaVersion).
+UI_OUTPUTS = {
+    "Evaluator.metrics": ("system.Metrics", "0.0.1"),
+    "Evaluator.confusion_matrix": ("system.ClassificationMetrics", "0.0.1"),
+    "Pusher.blessing_report": ("system.HTML", "0.0.1"),
+    "Pusher.model_card": ("system.Markdown", "0.0.1"),
+    "DataCheck.report": ("system.HTML", "0.0.1"),
+}
+
+
+def test_the_views_are_outputs_of_the_types_the_kfp_ui_draws(compiled):
+    """Exactly these outputs get a viewer, each under the type named in the frontend, in
+    the form KFP's own compiler writes for an Output[Metrics] (schemaTitle, 0.0.1); still ten
+    steps, the views are outputs of xfer's own."""
+    assert ui_typed_outputs(compiled) == UI_OUTPUTS
+    assert {title for title, _ in UI_OUTPUTS.values()} == set(UI_VIEWERS)
+    assert len(compiled["root"]["dag"]["tasks"]) == 10
+    for name, (title, _) in UI_OUTPUTS.items():
+        task, key = name.split(".")
+        component = compiled["components"][compiled["root"]["dag"]["tasks"][task]["componentRef"]["name"]]
+        assert component["outputDefinitions"]["artifacts"][key]["artifactType"] == {
+            "schemaTitle": title, "schemaVersion": "0.0.1"}, name
+
+
 def test_tfx_default_output_for_the_same_dag_breaks_the_rules(tmp_path):
     """TFX's KubeflowV2DagRunner with its defaults: what `xfer compile` wrote before."""
     script = f"""
@@ -157,3 +198,6 @@ r.KubeflowV2DagRunner(config=r.KubeflowV2DagRunnerConfig(default_image="x:1"), o
     assert any(r.startswith("schemaVersion 2.0.0") for r in refusals), refusals
     assert any("constantValue" in r for r in refusals), refusals
     assert any(r.startswith("lifecycle hook") for r in refusals), refusals
+    # TFX writes the views' types as an instanceSchema title, without KFP's schemaVersion.
+    default_ui = ui_typed_outputs(json.loads((tmp_path / "default.json").read_text())["pipelineSpec"])
+    assert default_ui == {name: (title, "") for name, (title, _) in UI_OUTPUTS.items()}

@@ -242,3 +242,17 @@ def test_a_type_title_of_another_kind_is_left_to_tfx(tmp_path):
     ei = _executor_input(tmp_path, {"examples": "tfx.Examples"})
     assert kfp_artifacts.as_tfx_classes(ei) == []
     assert ei.outputs.artifacts["examples"].artifacts[0].type.schema_title == "tfx.Examples"
+
+
+def test_compile_refuses_a_ui_type_not_in_kfps_form():
+    """`xfer compile` writes nothing that breaks a rule of pipeline/kfp_spec.py; a system.*
+    output left as TFX writes it (instanceSchema, no schemaVersion) is one."""
+    from xfer.pipeline import kfp_spec
+
+    outputs = {"metrics": {"artifactType": {"instanceSchema": "title: system.Metrics\ntype: object\n"}}}
+    spec = {"components": {"comp-evaluator": {"outputDefinitions": {"artifacts": outputs}}}}
+    found = [v for v in kfp_spec.violations(spec) if "output metrics" in v]
+    assert len(found) == 1 and "schemaTitle system.Metrics with schemaVersion 0.0.1" in found[0]
+    kfp_spec.make_conformant({**spec, "deploymentSpec": {"executors": {}}, "root": {"dag": {"tasks": {}}}})
+    assert outputs["metrics"]["artifactType"] == {"schemaTitle": "system.Metrics", "schemaVersion": "0.0.1"}
+    assert not [v for v in kfp_spec.violations(spec) if "output metrics" in v]
