@@ -18,6 +18,12 @@ Run 1 (span 1, nothing served): blessed on value thresholds, pushed as version 1
 Then span 2 lands. Run 2 resolves span 2 inside ImportExampleGen (no driver hook),
 trains on it, and its Evaluator compares against version 1, the served model.
 
+Run 1's executor outputs also carry the views the KFP UI draws (components/kfp_artifacts.py):
+each typed as the compiled spec says, read back by kfp.local's own code into KFP's own
+artifact classes (kfp/local/executor_output_utils.py, add_type_to_executor_output and
+artifact_list_to_dsl_artifact: the class is picked by schemaTitle), with the metadata or the
+file each viewer reads.
+
 Run by `make test-container` (needs Docker and the image; tests/container/setup.sh).
 """
 import json
@@ -127,6 +133,53 @@ def _remove_containers(root: Path) -> None:
             subprocess.run(["docker", "rm", cid], capture_output=True)
 
 
+# The views the KFP UI draws: task -> {output: (KFP's artifact class, schemaTitle)}.
+UI_VIEWS = {"Evaluator": {"metrics": ("Metrics", "system.Metrics"),
+                          "confusion_matrix": ("ClassificationMetrics", "system.ClassificationMetrics")},
+            "Pusher": {"blessing_report": ("HTML", "system.HTML"), "model_card": ("Markdown", "system.Markdown")},
+            "DataCheck": {"report": ("HTML", "system.HTML")}}
+
+
+def _assert_ui_views(recorder, run_root: Path, components: dict, class_names: list, eval_count: int) -> None:
+    """Each view is in the task's executor output, typed system.* by the spec, as KFP's own
+    classes once kfp.local reads it, with the metadata or the file its viewer reads."""
+    from google.protobuf import json_format
+    from kfp import dsl
+    from kfp.local import executor_output_utils
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    read = {}
+    for task, outputs in UI_VIEWS.items():
+        executor_input, output = recorder.task(run_root, task, components[task])
+        parsed = json_format.ParseDict(output, pipeline_spec_pb2.ExecutorOutput(), ignore_unknown_fields=True)
+        typed = executor_output_utils.add_type_to_executor_output(executor_input, parsed)
+        for key, (cls, title) in outputs.items():
+            assert executor_input.outputs.artifacts[key].artifacts[0].type.schema_title == title, (task, key)
+            artifact = executor_output_utils.artifact_list_to_dsl_artifact(typed.artifacts[key], False)
+            assert type(artifact) is getattr(dsl, cls), (task, key, type(artifact))
+            assert isinstance(artifact.metadata.get("display_name"), str) and artifact.metadata["display_name"]
+            read[f"{task}.{key}"] = artifact
+    # system.Metrics: every key but display_name a number (TFX's tfx_version tag dropped).
+    metrics = dict(read["Evaluator.metrics"].metadata)
+    metrics.pop("display_name")
+    assert all(isinstance(v, float) for v in metrics.values()), metrics
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert sorted(k for k in metrics if k.startswith("recall ")) == sorted(f"recall {n}" for n in class_names)
+    # system.ClassificationMetrics: the shape validateConfusionMatrix accepts, every eval image counted.
+    matrix = read["Evaluator.confusion_matrix"].metadata["confusionMatrix"]
+    assert [s["displayName"] for s in matrix["annotationSpecs"]] == class_names
+    assert [len(r["row"]) for r in matrix["rows"]] == [len(class_names)] * len(class_names)
+    assert sum(sum(r["row"]) for r in matrix["rows"]) == eval_count
+    # system.HTML / system.Markdown: the URI is the file the viewer reads.
+    for name, start in (("Pusher.blessing_report", "<!doctype html>"), ("Pusher.model_card", "# Model card"),
+                        ("DataCheck.report", "<!doctype html>")):
+        uri = read[name].uri
+        assert os.path.isfile(uri), f"{name}: {uri} is not a file"
+        assert Path(uri).read_text().startswith(start), name
+    assert "records kept" in Path(read["DataCheck.report"].uri).read_text()
+    assert "Blessing report" in Path(read["Pusher.blessing_report"].uri).read_text()
+
+
 def test_kfp_local_runs_the_compiled_spec_twice_new_span_and_served_baseline(tmp_path, monkeypatch):
     why = docker_ready()
     if why:
@@ -173,6 +226,7 @@ def test_kfp_local_runs_the_compiled_spec_twice_new_span_and_served_baseline(tmp
         assert sorted(p.name for p in serving.iterdir()) == ["1"]
         _, eg1 = recorder.task(run1, "ImportExampleGen", components["ImportExampleGen"])
         assert eg1["artifacts"]["examples"]["artifacts"][0]["metadata"]["span"] == 1
+        _assert_ui_views(recorder, run1, components, (data / "labels.txt").read_text().split(), len(test))
 
         # The next scheduled run: a new span has landed.
         _write_span(data, 2, train[64:], test)
