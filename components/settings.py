@@ -473,8 +473,21 @@ class VertexTrainingConfig(_Strict):
     machine_type: str = Field("n1-standard-8", description="Machine type of each replica.")
     accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4 (null: no accelerator).")
     accelerator_count: int = Field(1, ge=1, description="Accelerators per replica.")
-    replica_count: int = Field(1, ge=1, description="Replicas in the job's worker pool; several train "
-                                                    "together (TF_CONFIG set by Vertex AI).")
+    workers: int = Field(
+        1, ge=1, description="Machines that train together (MultiWorkerMirroredStrategy, TF_CONFIG set by "
+                                    "Vertex AI): the chief's worker pool of 1 replica plus a pool of workers - 1, "
+                                    "all the same machine, accelerators and image.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replica_count_is_workers(cls, raw):
+        # replica_count put N replicas in the first pool, which Vertex keeps for the chief
+        # alone (replicaCount 1): refused, naming its replacement, never reinterpreted.
+        if isinstance(raw, dict) and "replica_count" in raw:
+            raise ValueError(f"replica_count is replaced by workers (the chief's pool has 1 replica, the other "
+                             f"workers a pool of their own, as Vertex requires); write "
+                             f"workers: {raw['replica_count']} instead")
+        return raw
 
 
 class KubeflowConfig(_Strict):

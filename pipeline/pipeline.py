@@ -179,13 +179,9 @@ def _cluster_settings(config: Config, components: list) -> None:
 def _vertex_training(config: Config) -> dict:
     v = config.kubeflow.vertex_training
     from tfx.v1.extensions import google_cloud_ai_platform as gcp
-    machine = {"machine_type": v.machine_type}
-    if v.accelerator_type:
-        machine.update(accelerator_type=v.accelerator_type, accelerator_count=v.accelerator_count)
+    from xfer.pipeline import vertex_job
     return {gcp.ENABLE_VERTEX_KEY: True, gcp.VERTEX_REGION_KEY: v.region,
-            gcp.TRAINING_ARGS_KEY: {"project": v.project, "worker_pool_specs": [{
-                "machine_spec": machine, "replica_count": v.replica_count,
-                "container_spec": {"image_uri": config.kubeflow.image}}]}}
+            gcp.TRAINING_ARGS_KEY: vertex_job.training_args(v, config.kubeflow.image)}
 
 
 def _class_count(config: Config) -> int:
