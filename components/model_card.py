@@ -53,6 +53,7 @@ class Inputs:
     bad_records: Optional[int] = None
     evaluation_uri: Optional[str] = None
     baseline: Optional[str] = None      # "version 1 (/path/serving/1)" or None: nothing served
+    canary: Optional[object] = None     # its Section (components/canary.py): checks and latency
 
 
 @dataclass
@@ -94,6 +95,8 @@ def build(i: Inputs) -> list[Section]:
     sections = [_classes(names, i), _data(i, names), _recipe(history)]
     evaluation, blessing = _evaluation(i, names)
     sections += [evaluation, _limits(blessing, i, names), _lineage(i), _plots(i)]
+    if i.canary is not None:
+        sections.insert(len(sections) - 2, i.canary)  # before Lineage and Plots
     return [s for s in sections if s.blocks]
 
 

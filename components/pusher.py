@@ -231,8 +231,14 @@ class Executor(tfx_pusher.Executor):
             examples, baseline = _one(input_dict, EXAMPLES_KEY), _one(input_dict, BASELINE_KEY)
             served = _prop(baseline, "served_version")
             spans = _prop(examples, "spans") or _prop(examples, "span")
+            # The canary and TF Serving's warm-up requests, on the staged copy (components/canary.py):
+            # a refusal raises CanaryRefused, and push_version removes the staging folder.
+            from xfer.components import canary
+            serving_check = canary.before_push(folder, getattr(examples, "uri", None), s.image_key,
+                                               getattr(_one(input_dict, EVALUATION_KEY), "uri", None))
             model_card.write(model_card.Inputs(
                 model_dir=model_path, model_uri=model.uri, version=version, destination=base, eval=s.eval,
+                canary=serving_check,
                 blessed=True, code_fingerprint=s.code_fingerprint, run_id=run_id, image=s.image,
                 model_run_uri=getattr(_one(input_dict, MODEL_RUN_KEY), "uri", None),
                 examples_uri=getattr(examples, "uri", None),

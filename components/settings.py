@@ -537,6 +537,8 @@ class PusherSettings(_StepSettings):
     # For the model card: the thresholds the blessing judged, and the image the steps ran in.
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
     image: Optional[str] = None
+    # The canary (components/canary.py) reads the eval images from the tf.Examples.
+    image_key: str = "image"
 
 
 class Config(_Strict):
@@ -620,4 +622,5 @@ class Config(_Strict):
         registry = self.push.vertex_model_registry
         return PusherSettings(code_fingerprint=code_fingerprint, keep=self.push.keep, tflite=self.push.tflite,
                               vertex_model_registry=registry.model_copy(deep=True) if registry else None,
-                              eval=self.eval.model_copy(deep=True), image=self.kubeflow.image)
+                              eval=self.eval.model_copy(deep=True), image=self.kubeflow.image,
+                              image_key=self.data.image_key)
