@@ -60,6 +60,8 @@ def run_local(config: Config, from_nodes: Optional[list[str]] = None,
     for node in (from_nodes or []) + (to_nodes or []):
         if node not in COMPONENTS + OPTIONAL_COMPONENTS:
             raise ConfigError(f"--from/--to: no component '{node}'; components: {', '.join(COMPONENTS)}")
+    from xfer.pipeline import beam_args
+    beam_args.parse(config.beam_pipeline_args, "beam_pipeline_args")  # Beam would drop an unknown flag
     prepare_data(config)
     check_weights(config)
     report = preflight.require(config)
@@ -200,8 +202,13 @@ def compile_kubeflow(config: Config, out: str, target: str = "kubeflow", *,
                           "runs in, e.g. --set kubeflow.image=REGISTRY/xfer:TAG")
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-    from xfer.pipeline import kfp_spec
+    from xfer.pipeline import beam_args, kfp_spec
     from xfer.pipeline.pipeline import create_pipeline
+
+    # Beam drops a flag it does not know and runs on: a typo must stop here, not on the cluster.
+    beam_args.parse(config.beam_pipeline_args, "beam_pipeline_args")
+    if config.kubeflow.dataflow:
+        beam_args.check_dataflow([*config.beam_pipeline_args, *config.kubeflow.dataflow.args(config.kubeflow.image)])
 
     # TFX writes its PipelineJob JSON in a folder of its own, never at `out`: what reaches
     # `out` is the finished document, renamed into place.
