@@ -21,7 +21,9 @@ Steps, in order, on the same data (bench/make_data.py) and the same model:
   8. camera-size photos (bench/photos.py): the input pipeline and serving's decoding
      three ways, import-folder --max-side;
   9. cost as data grows (bench/scale.py): the pipeline to the Trainer at 2,000, 20,000
-     and 100,000 images, per step wall time and peak memory.
+     and 100,000 images, per step wall time and peak memory;
+ 10. Beam's local modes (bench/beam_modes.py): the Beam steps in_memory against
+     multi_processing with 2 workers, at 20,000 and 100,000 images.
 """
 from __future__ import annotations
 
@@ -395,11 +397,15 @@ def main() -> None:
     print("[bench] cost as data grows: 2,000, 20,000, 100,000 images ...", flush=True)
     scale = Watched([PY, str(REPO / "bench" / "scale.py"), str(work)]).run()
     scale_md = scale.text[scale.text.index("### Cost as data grows"):]
+    print("[bench] Beam's local modes: in_memory against multi_processing, 20,000 and 100,000 images ...", flush=True)
+    modes = Watched([PY, str(REPO / "bench" / "beam_modes.py"), str(work)]).run()
+    modes_md = modes.text[modes.text.index("### Beam's local modes"):]
     (logs / "profile_phase2.log").write_text(profiled.text + "\n")
     (logs / "photos.log").write_text(photos.text + "\n")
     (logs / "extract.log").write_text(extract_out + "\n")
     (logs / "serving.log").write_text(serving_out + "\n")
     (logs / "scale.log").write_text(scale.text + "\n")
+    (logs / "beam_modes.log").write_text(modes.text + "\n")
     utilization = {side: [fine_tune_utilization(w) for w in runs] for side, runs in p2.items()}
     p2_epoch_s = median([s for w in p2["xfer"] for s in epoch_seconds(w.text)["fine-tune"][1:]])
 
@@ -533,6 +539,8 @@ def main() -> None:
         photos_md.rstrip(),
         "",
         scale_md.rstrip(),
+        "",
+        modes_md.rstrip(),
         "",
         f"Outside the components (interpreter and TFX import, pipeline build, ML Metadata, the summary): "
         f"{cold.seconds - in_components:.1f} s of the cold run's {cold.seconds:.1f} s. "

@@ -27,22 +27,28 @@ STAGES = [  # (--from, --to): the steps each process runs
 BEAM = ("ImportExampleGen", "StatisticsGen", "DataCheck", "Transform")
 
 
-def measure(work: Path, n: int) -> dict:
+def measure(work: Path, n: int, sets: tuple[str, ...] = (), tag: str = "") -> dict:
+    """Per Beam step: wall seconds, peak GB of its process tree. `sets`: extra --set
+    overrides (bench/beam_modes.py passes beam_pipeline_args); `tag` names the root so
+    two settings never share one."""
     from bench.make_data import write
 
     data = work / f"data-{n}"
     write(str(data), total=n, per_shard=2000)
-    root = work / f"root-{n}"
+    root = work / f"root-{n}{tag}"
     shutil.rmtree(root, ignore_errors=True)
     config = ["--config", str(REPO / "bench" / "bench.yaml"), "--set", f"root={root}",
               "--set", f"data.input_base={data}", "--set", f"data.labels_file={data / 'labels.txt'}"]
+    for s in sets:
+        config += ["--set", s]
     out = {}
     for start, end in STAGES:
         cmd = [XFER, "run", *config, "--to", end] + (["--from", start] if start else [])
         w = Watched(cmd).run()
         for name, (t0, t1) in component_windows(w).items():
-            out[name] = {"seconds": t1 - t0, "peak_gb": w.peak_rss / 1e9, "process_seconds": w.seconds}
-        print(f"[scale] {n}: {start or 'start'}..{end} {w.seconds:.1f} s, peak {w.peak_rss / 1e9:.2f} GB", flush=True)
+            out[name] = {"seconds": t1 - t0, "peak_gb": w.peak_rss / 1e9, "process_seconds": w.seconds,
+                         "cpu_seconds": w.cpu_between(t0, t1)}
+        print(f"[scale] {n}{tag}: {start or 'start'}..{end} {w.seconds:.1f} s, peak {w.peak_rss / 1e9:.2f} GB", flush=True)
     shutil.rmtree(root, ignore_errors=True)
     return out
 
