@@ -27,9 +27,9 @@ DEFAULT_MAX_BATCH = 256
 TFRECORD_NAME_KEYS = ("id", "filename")  # copied into a record's result when present
 MAX_REQUEST_BYTES = 64 << 20  # a request is sent early once its files reach this size
 # A file above this is refused by its size, unread (`--max-file-bytes`): reading a 3 GB file
-# whole took the process to 7.4 GB. 64 MiB is one whole request's bytes (MAX_REQUEST_BYTES)
-# and above any image the model accepts: a JPEG at serving.max_pixels' default (40
-# megapixels) is 10-40 MB, and a larger image is refused by the model unread anyway.
+# whole took the process to 7.4 GB. 64 MiB is one whole request's bytes (MAX_REQUEST_BYTES),
+# so a larger file would be a request on its own; a JPEG at serving.max_pixels' default
+# (40 megapixels) is 10-40 MB, and the model refuses a larger image from its header anyway.
 DEFAULT_MAX_FILE_BYTES = 64 << 20
 # Control characters (a newline in a file name) and undecodable bytes of a name, as they
 # are shown in text output, one line per input; JSON keeps the name exact.
@@ -152,7 +152,8 @@ def check_out(out: str) -> Optional[str]:
         return f"its temporary file {out}.tmp is a folder; remove it or give another name"
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
-        return f"{parent} {'is not a folder' if os.path.exists(parent) else 'does not exist'}; give a file in a folder"
+        what = "is not a folder" if os.path.exists(parent) else "does not exist"
+        return f"{parent} {what}; give a file in a folder"
     try:
         fd, probe = tempfile.mkstemp(prefix=".xfer-predict-", dir=parent)
         os.close(fd)
