@@ -79,6 +79,11 @@ def check(pools: list[dict]) -> None:
 
 def training_args(v, image: str) -> dict:
     """TFX's ai_platform_training_args for the Vertex Trainer, checked."""
+    if v.workers > 1 and (v.accelerator_type or "").startswith("TPU"):
+        # xfer's rule, not Vertex's: strategy.py picks TPUStrategy whenever a TPU is found,
+        # so each TPU host would train a model of its own instead of one together.
+        raise ConfigError(f"{KEY}.workers: {v.workers} with {v.accelerator_type}; the Trainer trains on one TPU "
+                          f"host (TPUStrategy), not several: set workers: 1, or a GPU type for several workers")
     pools = worker_pool_specs(v, image)
     check(pools)
     return {"project": v.project, "worker_pool_specs": pools}

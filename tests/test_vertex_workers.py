@@ -68,6 +68,14 @@ def test_an_empty_pool_past_the_chief_is_allowed():
     vertex_job.check([_pool(), {}])  # Vertex: "all worker pools except the first one are optional"
 
 
+def test_several_workers_on_tpus_are_refused():
+    with pytest.raises(ConfigError) as e:
+        vertex_job.training_args(_vertex(workers=2, accelerator_type="TPU_V3", accelerator_count=8), IMAGE)
+    assert str(e.value) == ("kubeflow.vertex_training.workers: 2 with TPU_V3; the Trainer trains on one TPU host "
+                            "(TPUStrategy), not several: set workers: 1, or a GPU type for several workers")
+    vertex_job.training_args(_vertex(workers=1, accelerator_type="TPU_V3", accelerator_count=8), IMAGE)
+
+
 def test_replica_count_is_refused_naming_workers():
     with pytest.raises(ConfigError) as e:
         validate({"data": {"builtin": "digits"}, "kubeflow": {"vertex_training": {**VERTEX, "replica_count": 4}}})
