@@ -152,8 +152,8 @@ def test_a_broken_serving_signature_blessed_by_tfma_is_refused_and_a_good_one_is
     assert sorted(os.listdir(base)) == ["1"]
     card = (base / "1" / "MODEL_CARD.md").read_text()
     assert "## Serving canary" in card
-    assert ("12 eval image(s) (JPEG, PNG); top-1 (class\\_id) of serving\\_default on each image's raw encoded "
-            "bytes, in a process with TensorFlow only, equals that of serving\\_examples on the tf.Examples "
+    assert ("12 eval image(s) (JPEG, PNG); top-1 (class_id) of serving_default on each image's raw encoded "
+            "bytes, in a process with TensorFlow only, equals that of serving_examples on the tf.Examples "
             "(the signature the Evaluator called)") in card, card
     rows = [line for line in card.splitlines() if line.startswith("| one image |") or line.startswith("| 256 images |")]
     assert len(rows) == 2, card
