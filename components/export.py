@@ -8,6 +8,10 @@
   empty, too large or not decodable gets its reason in `error`, probabilities of zeros,
   class_id -1 and class_name "", while the others in the batch are still classified. An
   empty batch returns empty outputs; a batch above `serving.max_batch` fails the request.
+  `abstained` is true where the top probability is below `serving.abstain_below` (then
+  class_name is "unknown"; probabilities and class_id still give the top classes).
+  With eval.calibrate: temperature, every model pass is temperature-scaled first
+  (components/calibration.py).
 - serving_examples: serialized tf.Example (raw features) -> the same outputs, by the same
   per-example rules (a record that does not parse is an error of its own).
 - serving_examples_flips: serving_examples with test-time augmentation: each image's
@@ -32,7 +36,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from xfer.components import image_guard
+from xfer.components import calibration, image_guard
 from xfer.components.settings import ServingConfig
 from xfer.components.transform import decode_image
 
@@ -42,7 +46,8 @@ TTA_SIGNATURES = {"flips": "serving_examples_flips"}
 TRANSFORM_FEATURES = "transform_features"
 PREDICTION_KEY = "probabilities"
 ERROR_KEY = "error"
-OUTPUTS = (PREDICTION_KEY, "class_id", "class_name", ERROR_KEY)
+ABSTAINED_KEY = "abstained"
+OUTPUTS = (PREDICTION_KEY, "class_id", "class_name", ERROR_KEY, ABSTAINED_KEY)
 SERVING_JSON = os.path.join("assets.extra", "serving.json")
 TFLITE_FILE = "model.tflite"
 
@@ -59,7 +64,10 @@ def _raw_image_feature(images: tf.Tensor, spec) -> tf.Tensor:
 
 
 def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_key: str,
-               class_names: list[str], serving: Optional[ServingConfig] = None) -> dict:
+               class_names: list[str], serving: Optional[ServingConfig] = None,
+               temperature: float = 1.0) -> dict:
+    """`temperature`: eval.calibrate's T (components/calibration.py), a constant in the
+    graph applied to every model pass before anything else reads the probabilities."""
     serving = serving or ServingConfig()
     model.tft_layer = tft_output.transform_features_layer()  # tracked, so saved with the model
     raw_spec = tft_output.raw_feature_spec()
@@ -87,7 +95,8 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
                 # One call on [images; mirrored images] (BatchNorm is in inference mode, so
                 # the batch's makeup does not matter), then the mean of the two softmax outputs.
                 k = tf.shape(pixels)[0]
-                both = model(tf.concat([pixels, tf.image.flip_left_right(pixels)], axis=0), training=False)
+                both = calibration.scale_tf(
+                    model(tf.concat([pixels, tf.image.flip_left_right(pixels)], axis=0), training=False), temperature)
                 return (both[:k] + both[k:]) / 2.0
             # One image goes through as a batch of two (itself twice), by the same argument:
             # at a batch of one, oneDNN's CPU kernels take an im2col GEMM convolution
@@ -96,7 +105,7 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
             # request took 400 ms instead of about 20 (docs/speed.md).
             k = tf.shape(pixels)[0]
             at_least_two = tf.concat([pixels, pixels[:tf.maximum(2 - k, 0)]], axis=0)
-            return model(at_least_two, training=False)[:k]
+            return calibration.scale_tf(model(at_least_two, training=False)[:k], temperature)
 
         # The model never sees an empty batch (an empty request, or every image refused):
         # oneDNN's CPU kernels, TensorFlow's default on recent x86 CPUs, fail on one
@@ -110,8 +119,14 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
         class_name = tf.where(ok, tf.gather(names, tf.maximum(class_id, 0)), "")
         error = guarded.error if errors_before is None else tf.where(
             tf.equal(errors_before, ""), guarded.error, errors_before)
+        # serving.abstain_below: a classified image whose top probability is under it is
+        # answered "unknown"; class_id and probabilities still name the top classes.
+        abstained = tf.zeros_like(ok)
+        if serving.abstain_below is not None:
+            abstained = tf.logical_and(ok, tf.reduce_max(probabilities, axis=-1) < serving.abstain_below)
+            class_name = tf.where(abstained, calibration.UNKNOWN, class_name)
         return {PREDICTION_KEY: probabilities, "class_id": class_id, "class_name": class_name,
-                ERROR_KEY: error}
+                ERROR_KEY: error, ABSTAINED_KEY: abstained}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(images):
@@ -137,7 +152,8 @@ def signatures(model: tf.keras.Model, tft_output: tft.TFTransformOutput, image_k
     }
 
 
-def write_serving_json(model_dir: str, image_size: int, serving: Optional[ServingConfig] = None) -> str:
+def write_serving_json(model_dir: str, image_size: int, serving: Optional[ServingConfig] = None,
+                       temperature: float = 1.0) -> str:
     """assets.extra/serving.json: the limits a client must respect, read by `xfer predict`."""
     serving = serving or ServingConfig()
     path = os.path.join(model_dir, SERVING_JSON)
@@ -145,7 +161,8 @@ def write_serving_json(model_dir: str, image_size: int, serving: Optional[Servin
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump({"max_pixels": serving.max_pixels, "max_batch": serving.max_batch,
                    "image_size": image_size, "tta": serving.tta, "input": "images: encoded JPEG, PNG, GIF or BMP bytes [batch]",
-                   "outputs": list(OUTPUTS),
+                   "outputs": list(OUTPUTS), "temperature": temperature,
+                   "abstain_below": serving.abstain_below,
                    "error": "empty when the image was classified; else why not (then probabilities are "
                             "zeros, class_id -1, class_name empty)"}, f, indent=1)
     return path

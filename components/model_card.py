@@ -87,14 +87,16 @@ def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def build(i: Inputs) -> list[Section]:
+def build(i: Inputs, folder: Optional[str] = None) -> list[Section]:
     names = class_names(i.model_dir)
     history = json.loads(_read(os.path.join(i.model_run_uri or "", "history.json")) or "{}")
     if not names:
         names = history.get("class_names", [])
     sections = [_classes(names, i), _data(i, names), _recipe(history)]
     evaluation, blessing = _evaluation(i, names)
-    sections += [evaluation, _limits(blessing, i, names), _lineage(i), _plots(i)]
+    from xfer.components import calibration, tflite_export
+    sections += [evaluation, _limits(blessing, i, names), calibration.card_section(i.model_run_uri),
+                 tflite_export.card_section(folder) if folder else Section("TFLite"), _lineage(i), _plots(i)]
     if i.canary is not None:
         sections.insert(len(sections) - 2, i.canary)  # before Lineage and Plots
     return [s for s in sections if s.blocks]
@@ -402,7 +404,7 @@ def write(i: Inputs, folder: str) -> str:
     the Markdown's path."""
     import tensorflow as tf
 
-    sections = build(i)
+    sections = build(i, folder)
     title = f"Model card: version {i.version} of {i.destination}"
     with tf.io.gfile.GFile(os.path.join(folder, MARKDOWN), "w") as f:
         f.write(markdown(title, sections))

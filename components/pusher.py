@@ -99,17 +99,24 @@ def _source_of(version_dir: str) -> Optional[dict]:
     if not tf.io.gfile.exists(path):
         return None
     source = json.loads(tf.io.gfile.GFile(path).read())
-    return {"model_uri": source.get("model_uri"), "tflite": bool(source.get("tflite"))}
+    return {"model_uri": source.get("model_uri"), "tflite": tflite_kind(source.get("tflite"))}
+
+
+def tflite_kind(value) -> Any:
+    """push.tflite as a version's source records it: False or the kind ('float32' for
+    the true of versions pushed before the kinds)."""
+    return "float32" if value is True else (value or False)
 
 
 def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int],
-                 tflite: bool = False, card: Optional[Callable[[str, int], Any]] = None) -> tuple[str, bool]:
+                 tflite: Any = False, card: Optional[Callable[[str, int], Any]] = None,
+                 tflite_check: Optional[dict] = None) -> tuple[str, bool]:
     """Copy the SavedModel at `model_path` to the next version under `base`, with a
     TFLite export of it if asked, and `card(folder, version)` called to write into the
     version's folder before it becomes visible (only for a new version).
 
     Returns (version dir, whether a new version was written)."""
-    source = {"model_uri": model_uri, "tflite": tflite}
+    source = {"model_uri": model_uri, "tflite": tflite_kind(tflite)}
     versions = complete_versions(base)
     if versions:
         latest = os.path.join(base, str(versions[-1]))
@@ -130,7 +137,8 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
     else:
         target = os.path.join(base, f".staging-{version}-{uuid.uuid4().hex[:8]}")
     try:
-        _write_version(model_path, target, source, (lambda folder: card(folder, version)) if card else None)
+        _write_version(model_path, target, source, (lambda folder: card(folder, version)) if card else None,
+                       tflite_check)
         if target != final:
             os.rename(target, final)  # readers see no version or the whole version
     except BaseException:
@@ -146,11 +154,12 @@ def push_version(model_path: str, model_uri: str, base: str, keep: Optional[int]
 
 
 def _write_version(model_path: str, version_dir: str, source: dict,
-                   card: Optional[Callable[[str], Any]] = None) -> None:
-    """Everything a version holds, the complete marker last."""
+                   card: Optional[Callable[[str], Any]] = None, tflite_check: Optional[dict] = None) -> None:
+    """Everything a version holds, the complete marker last. `tflite_check`: the examples
+    and the agreement the TFLite file is measured against (components/tflite_export.py)."""
     io_utils.copy_dir(model_path, version_dir)
     if source["tflite"]:
-        write_tflite(model_path, version_dir)
+        write_tflite(model_path, version_dir, kind=source["tflite"], **(tflite_check or {}))
     if card is not None:
         card(version_dir)
     with tf.io.gfile.GFile(os.path.join(version_dir, SOURCE_FILE), "w") as f:
@@ -159,19 +168,14 @@ def _write_version(model_path: str, version_dir: str, source: dict,
         f.write("")
 
 
-def write_tflite(model_path: str, version_dir: str) -> str:
+def write_tflite(model_path: str, version_dir: str, kind: str = "float32", examples_uri: Optional[str] = None,
+                 min_agreement: Optional[float] = None) -> Optional[str]:
     """assets.extra/model.tflite in `version_dir`, from the Keras model saved at
-    `model_path` (beside the labels.txt the Trainer wrote there)."""
-    # Here, not at the top: a push without TFLite needs neither Keras nor the transform
-    # code. backbones registers CaffeNormalization, which Keras needs to revive VGG and
-    # ResNet models; keras_setup keeps AutoGraph out of tf_keras while tracing.
-    from xfer.components import backbones, export, keras_setup  # noqa: F401
-
-    model = tf.keras.models.load_model(model_path, compile=False)
-    path = os.path.join(version_dir, "assets.extra", export.TFLITE_FILE)
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    export.write_tflite(model, path)
-    return path
+    `model_path` (beside the labels.txt the Trainer wrote there), measured on the eval
+    split of `examples_uri` when given; None when its agreement is below `min_agreement`."""
+    # Here, not at the top: a push without TFLite needs neither Keras nor the transform code.
+    from xfer.components import tflite_export
+    return tflite_export.write(model_path, version_dir, kind, examples_uri, min_agreement)
 
 
 # The Pusher's extra inputs and parameter (all optional: TFX's own inputs still suffice).
@@ -246,7 +250,10 @@ class Executor(tfx_pusher.Executor):
                 evaluation_uri=getattr(_one(input_dict, EVALUATION_KEY), "uri", None),
                 baseline=f"version {served} ({_prop(baseline, 'served_path')})" if served else None), folder)
 
-        version_dir, new = push_version(model_path, model.uri, base, s.keep, tflite=s.tflite, card=card)
+        examples = _one(input_dict, EXAMPLES_KEY)
+        version_dir, new = push_version(
+            model_path, model.uri, base, s.keep, tflite=s.tflite, card=card,
+            tflite_check={"examples_uri": examples.uri, "min_agreement": s.tflite_min_agreement} if examples else None)
         if new:
             logging.info("Model pushed as new version %s.", version_dir)
         else:

@@ -395,6 +395,12 @@ class EvalConfig(_Strict):
                            "probabilities are the mean of the model's softmax on the image and on its "
                            "horizontal (left-right) mirror; false = one pass. The served model (the "
                            "baseline) is evaluated the same way. Serving is unchanged (serving.tta).")
+    calibrate: Literal["none", "temperature"] = Field(
+        "none", description="temperature = after training, the Trainer fits one temperature T on half of the "
+                            "eval split (chosen by each record's hash) and every exported signature returns "
+                            "softmax(log(p) / T); the model card shows the expected calibration error (15 bins) "
+                            "before and after on the other half and a reliability diagram "
+                            "(components/calibration.py). none = the model's softmax as trained.")
 
     @model_validator(mode="after")
     def _some_threshold(self):
@@ -414,10 +420,30 @@ class ModelRegistryConfig(_Strict):
     labels: dict[str, str] = Field(default_factory=dict, description="Labels on each registered version.")
 
 
+# push.tflite: no TFLite file, or the file's number format.
+TfliteKind = Literal[False, "float32", "float16", "int8"]
+
+
 class PushConfig(_Strict):
     destination: Optional[str] = Field(None, description="Default: <root>/serving.")
     keep: Optional[int] = Field(None, ge=1, description="Versions to keep (oldest removed); null: all.")
-    tflite: bool = Field(False, description="Also export the same model as TFLite (model.tflite + labels.txt).")
+    tflite: TfliteKind = Field(
+        False, description="Also export the model as TFLite (model.tflite + labels.txt): float32, float16 "
+                           "(weights stored as float16) or int8 (full integer quantization calibrated on train "
+                           "images; uint8 pixels in, uint8 probabilities out); true means float32. The Pusher "
+                           "runs the file on the eval split and writes its top-1 agreement with the SavedModel "
+                           "and its size on the model card (components/tflite_export.py).")
+    tflite_min_agreement: float = Field(
+        0.98, gt=0.0, le=1.0,
+        description="The TFLite file is written only when its top-1 agrees with the SavedModel's on at least "
+                    "this fraction of the eval split; below it the version is pushed without it (one line "
+                    "says why).")
+
+    @field_validator("tflite", mode="before")
+    @classmethod
+    def _true_is_float32(cls, v):
+        # push.tflite was a bool: true keeps meaning the float32 export it made.
+        return "float32" if v is True else v
     vertex_model_registry: Optional[ModelRegistryConfig] = Field(
         None, description="Also register each new version in the Vertex AI Model Registry (gs:// destination).")
 
@@ -435,6 +461,12 @@ class ServingConfig(_Strict):
         False, description="serving_default averages the softmax over the image and its horizontal "
                            "mirror (2 model passes per image) instead of one pass; needs eval.tta: flips, "
                            "so the blessing judges what is served.")
+    abstain_below: Optional[float] = Field(
+        None, gt=0.0, lt=1.0,
+        description="When an image's top class probability is below this, serving_default and "
+                    "serving_examples answer class_name 'unknown' and abstained true (probabilities and "
+                    "class_id still give the top classes); the model card tabulates coverage and accuracy "
+                    "on the eval split at several values. null: always answer.")
 
 
 class ResourcesConfig(_Strict):
@@ -528,11 +560,13 @@ class TrainerSettings(_StepSettings):
     model: ModelConfig
     train: TrainConfig
     serving: ServingConfig = Field(default_factory=lambda: ServingConfig())
+    calibrate: Literal["none", "temperature"] = "none"
 
 
 class PusherSettings(_StepSettings):
     keep: Optional[int]
-    tflite: bool
+    tflite: TfliteKind
+    tflite_min_agreement: float = 0.98
     vertex_model_registry: Optional[ModelRegistryConfig]
     # For the model card: the thresholds the blessing judged, and the image the steps ran in.
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
@@ -616,11 +650,12 @@ class Config(_Strict):
         return TrainerSettings(code_fingerprint=code_fingerprint, image_key=self.data.image_key,
                                labels_file=self.data.labels_file, num_classes=self.data.num_classes,
                                model=self.model.model_copy(deep=True), train=self.train.model_copy(deep=True),
-                               serving=self.serving.model_copy(deep=True))
+                               serving=self.serving.model_copy(deep=True), calibrate=self.eval.calibrate)
 
     def pusher_settings(self, code_fingerprint: str) -> PusherSettings:
         registry = self.push.vertex_model_registry
         return PusherSettings(code_fingerprint=code_fingerprint, keep=self.push.keep, tflite=self.push.tflite,
+                              tflite_min_agreement=self.push.tflite_min_agreement,
                               vertex_model_registry=registry.model_copy(deep=True) if registry else None,
                               eval=self.eval.model_copy(deep=True), image=self.kubeflow.image,
                               image_key=self.data.image_key)

@@ -342,7 +342,12 @@ def _epochs_run(history: dict) -> int:
 
 def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history, started_from: str) -> None:
     start = time.perf_counter()
-    sigs = export.signatures(classifier, tft_output, s.image_key, names, s.serving)
+    # eval.calibrate and serving.abstain_below are measured on the eval split here, with
+    # the very signatures exported (components/calibration.py).
+    from xfer.components import calibration
+    sigs, temperature = calibration.for_export(
+        lambda t: export.signatures(classifier, tft_output, s.image_key, names, s.serving, temperature=t),
+        fn_args.eval_files, s, fn_args.model_run_dir)
     # No traced layer functions: the signatures are what serving and TFMA call, and Keras
     # reloads from the layer configs; tracing every layer was 17 s of a 33 s Trainer.
     classifier.save(fn_args.serving_model_dir, save_format="tf", signatures=sigs, save_traces=False)
@@ -350,7 +355,7 @@ def _export(fn_args, s: TrainerSettings, classifier, tft_output, names, history,
     extra = os.path.join(fn_args.serving_model_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
     labels.write_labels_file(os.path.join(extra, "labels.txt"), names)
-    export.write_serving_json(fn_args.serving_model_dir, classifier.input_shape[1], s.serving)
+    export.write_serving_json(fn_args.serving_model_dir, classifier.input_shape[1], s.serving, temperature)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         # The settings it trained with and where its weights started: the model card's recipe.

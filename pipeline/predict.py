@@ -43,6 +43,8 @@ class Prediction:
     error: Optional[str] = None
     skipped: Optional[str] = None  # a file not sent, on purpose (hidden, not a regular file)
     extra: dict = field(default_factory=dict)  # a record's id / filename features
+    # serving.abstain_below: the model answered "unknown" (its top classes still in `top`).
+    abstained: bool = False
 
     @property
     def predicted(self) -> bool:
@@ -55,6 +57,8 @@ class Prediction:
         elif self.error:
             out["error"] = self.error
         else:
+            if self.abstained:
+                out["abstained"] = True
             out["top"] = [{"class": c, "probability": p} for c, p in self.top]
         return out
 
@@ -64,7 +68,8 @@ class Prediction:
             return f"{name}: skipped: {self.skipped}"
         if self.error:
             return f"{name}: {self.error}"
-        return f"{name}: " + ", ".join(f"{c} {p:.4f}" for c, p in self.top)
+        return f"{name}: " + ("unknown (abstained; top: " if self.abstained else "") + \
+            ", ".join(f"{c} {p:.4f}" for c, p in self.top) + (")" if self.abstained else "")
 
 
 @dataclass
@@ -325,10 +330,13 @@ class Predictor:
         out = self.serve(images=tf.constant([d for _, d in chunk]))
         probs = out["probabilities"].numpy()
         errors = out["error"].numpy() if self.guarded else [b""] * len(chunk)
-        for (r, _), p, error in zip(chunk, probs, errors):
+        # Models exported before serving.abstain_below have no `abstained` output.
+        abstained = out["abstained"].numpy() if "abstained" in out else [False] * len(chunk)
+        for (r, _), p, error, unsure in zip(chunk, probs, errors, abstained):
             if error:
                 r.error = error.decode("utf-8", "replace")
                 continue
+            r.abstained = bool(unsure)
             order = p.argsort()[::-1][:top_k]
             r.top = [(self.names[i] if self.names else str(i), float(p[i])) for i in order]
 

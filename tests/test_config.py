@@ -80,9 +80,9 @@ def test_step_settings_carry_only_what_the_step_uses():
     assert set(c.transform_settings("f").model_dump()) == {"code_fingerprint", "image_key", "label_key",
                                                            "image_size"}
     assert set(c.trainer_settings("f").model_dump()) == {"code_fingerprint", "image_key", "labels_file",
-                                                         "num_classes", "model", "train", "serving"}
+                                                         "num_classes", "model", "train", "serving", "calibrate"}
     # The Pusher writes the model card: it names the thresholds that judged the model.
-    assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite",
+    assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite", "tflite_min_agreement",
                                                         "vertex_model_registry", "eval", "image"}
 
 

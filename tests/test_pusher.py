@@ -101,8 +101,8 @@ def test_tflite_is_written_into_the_version_before_it_is_visible(tmp_path, monke
     seen = []
     real_write = pusher.write_tflite
 
-    def write_and_look(model_path, version_dir):
-        path = real_write(model_path, version_dir)
+    def write_and_look(model_path, version_dir, **options):
+        path = real_write(model_path, version_dir, **options)
         seen.append((os.path.basename(version_dir), sorted(os.listdir(base)),
                      os.path.exists(os.path.join(version_dir, pusher.COMPLETE_MARKER))))
         return path
@@ -170,7 +170,7 @@ def test_a_failure_mid_push_leaves_no_staging_folder(tmp_path, monkeypatch, fail
     base = tmp_path / "serving"
     pusher.push_version(fake_model(tmp_path, "m1"), "uri://1", str(base), keep=None)
     if failing == "tflite":
-        def broken_tflite(model_path, version_dir):
+        def broken_tflite(model_path, version_dir, **options):
             os.makedirs(os.path.join(version_dir, "assets.extra"))
             raise RuntimeError("converter failed")
         monkeypatch.setattr(pusher, "write_tflite", broken_tflite)
