@@ -32,8 +32,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work).resolve() / "scale"  # the same data folders as bench/scale.py
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = {(n, mode): measure(work, n, (sets,), tag="-" + mode.split()[0])
-               for n in sizes for mode, sets in MODES.items()}
+    results = {}
+    for n in sizes:
+        for mode, sets in MODES.items():
+            results[n, mode] = measure(work, n, (sets,), tag="-" + mode.split()[0])
+            for step in BEAM:  # as measured, so an interrupted run keeps what it had
+                r = results[n, mode][step]
+                print(f"[beam_modes] {n} {mode} {step}: {r['seconds']:.1f} s, peak {r['peak_gb']:.2f} GB, "
+                      f"CPU {100 * r['cpu_seconds'] / max(r['seconds'], 1e-9):.0f}%", flush=True)
     print(report(sizes, results))
 
 
