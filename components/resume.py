@@ -67,8 +67,18 @@ def history(path: str) -> dict:
 class Phase:
     """The backup of one training phase."""
 
-    def __init__(self, root: Optional[str], name: str):
+    def __init__(self, root: Optional[str], name: str, task: Optional[str] = None, scratch: Optional[str] = None):
+        """task, scratch: a non-chief worker's name and own folder (several workers share
+        the backup folder): it journals its epochs to a file of its own, so that a
+        restarted worker resumes its own history, and saves its phase-1 weights to its own
+        folder; the chief alone marks a phase done. BackupAndRestore keeps its own
+        per-worker temporary folders."""
         self.dir = os.path.join(root, name) if root else None
+        self.task, self.scratch = task, scratch
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.dir, "epochs.jsonl" if self.task is None else f"epochs.{self.task}.jsonl")
 
     @property
     def enabled(self) -> bool:
@@ -78,16 +88,19 @@ class Phase:
         if not self.enabled:
             return []
         return [tf.keras.callbacks.BackupAndRestore(os.path.join(self.dir, "state")),
-                Journal(os.path.join(self.dir, "epochs.jsonl"))]
+                Journal(self.journal)]
 
     def history(self, fallback: dict) -> dict:
-        return history(os.path.join(self.dir, "epochs.jsonl")) if self.enabled else fallback
+        return history(self.journal) if self.enabled else fallback
 
     def done(self) -> bool:
         return self.enabled and tf.io.gfile.exists(os.path.join(self.dir, "done"))
 
     def mark_done(self, model: tf.keras.Model) -> None:
-        if self.enabled:
+        if self.enabled and self.task is not None:
+            # Every worker saves (a collective read), the chief's copy is the backup.
+            model.save_weights(os.path.join(self.scratch, "backup", "weights", "ckpt"))
+        elif self.enabled:
             model.save_weights(os.path.join(self.dir, "weights", "ckpt"))
             with tf.io.gfile.GFile(os.path.join(self.dir, "done"), "w") as f:
                 f.write("done\n")

@@ -88,7 +88,10 @@ def choose(kind: StrategyKind, *, tpu: Optional[str] = None, devices: Optional[l
             raise ValueError("train.strategy is tpu but no TPU was found; set train.tpu to the "
                              "TPU name or grpc:// address (or 'local' on a TPU VM)")
     workers = _workers_in_tf_config(env)
-    gpus = len(tf.config.list_logical_devices("GPU"))
+    # Physical, not logical: listing logical devices starts TensorFlow's runtime, after
+    # which MultiWorkerMirroredStrategy can no longer set up its collectives ("Collective
+    # ops must be configured at program startup").
+    gpus = len(tf.config.list_physical_devices("GPU"))
     chosen = decide(kind, tpu_found=resolver is not None, workers=workers, gpus=gpus)
 
     if chosen == "tpu":
@@ -103,6 +106,28 @@ def choose(kind: StrategyKind, *, tpu: Optional[str] = None, devices: Optional[l
         strategy = tf.distribute.MirroredStrategy(devices=devices) if devices else tf.distribute.MirroredStrategy()
         return Chosen("mirrored", strategy, f"devices {', '.join(devices)}" if devices else f"{gpus} GPUs")
     return Chosen("default", tf.distribute.get_strategy(), f"one device ({'GPU' if gpus else 'CPU'})")
+
+
+def is_chief(chosen: Chosen) -> bool:
+    """Whether this process writes the run's outputs: always, except a non-chief
+    multi-worker task (TF's multi-worker saving rules: every worker saves, because saving
+    reads distributed variables through collectives, but only the chief's copy is kept)."""
+    return chosen.kind != "multi_worker" or chosen.strategy.extended.should_checkpoint
+
+
+def task_name(chosen: Chosen) -> str:
+    """This process's place in the cluster, e.g. 'worker-0' (TF_CONFIG's task)."""
+    resolver = getattr(chosen.strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "chief"
+    return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def barrier(chosen: Chosen) -> None:
+    """Returns once every worker has reached it (a sum over the cluster); nothing on one worker."""
+    if chosen.kind == "multi_worker":
+        chosen.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                               chosen.strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
 def precision_policy(setting: str, chosen_kind: str) -> str:

@@ -9,9 +9,12 @@ after a kill (components/resume.py).
 """
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -67,6 +70,31 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
     t = s.train
     tf.keras.utils.set_random_seed(t.seed)
     chosen = _choose_strategy(t)
+    if strategy_lib.is_chief(chosen):
+        _train_and_export_as(fn_args, fn_args, s, chosen)
+        return
+    # TF's multi-worker saving rules: every worker saves the model, the reports' passes and
+    # the logs (saving reads distributed variables through collectives, which need every
+    # worker), but a non-chief writes them to a folder of its own, removed at the end;
+    # only the chief's copy is the run's output.
+    scratch = tempfile.mkdtemp(prefix=f"xfer-{strategy_lib.task_name(chosen)}-")
+    print(f"[xfer] {strategy_lib.task_name(chosen)}: the chief writes the model, reports and logs; this "
+          f"worker writes its copies to {scratch}, removed at the end", flush=True)
+    own = copy.copy(fn_args)
+    own.serving_model_dir = os.path.join(scratch, "serving")
+    own.model_run_dir = os.path.join(scratch, "model_run")
+    try:
+        _train_and_export_as(fn_args, own, s, chosen, scratch=scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"[xfer] {strategy_lib.task_name(chosen)}: removed {scratch}", flush=True)
+
+
+def _train_and_export_as(fn_args, outputs, s: TrainerSettings, chosen: strategy_lib.Chosen,
+                         scratch: Optional[str] = None) -> None:
+    """Trains and exports to `outputs`' folders; epoch backups beside `fn_args`' model run
+    folder, which every worker shares."""
+    t = s.train
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     names = labels.class_names(tft_output, s.labels_file, s.num_classes)
     weights = class_weights.for_training(t.class_weight, fn_args.train_files, names,
@@ -81,11 +109,13 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         from xfer.components.warm_start import warm_start
         started_from = warm_start(classifier, fn_args.base_model, names, started_from)[1]
         print(started_from, flush=True)
-    run = Run.prepare(fn_args, t, chosen, tft_output, weights, num_classes=len(names))
+    run = Run.prepare(outputs, t, chosen, tft_output, weights, num_classes=len(names), backup_of=fn_args)
     history = {}
+    fn_args = outputs
 
     # Phase 1, transfer: the base frozen, only the head learns.
-    phase1 = resume.Phase(run.backup_root, "transfer")
+    phase1 = resume.Phase(run.backup_root, "transfer", task=None if scratch is None else strategy_lib.task_name(chosen),
+                          scratch=scratch)
     if t.transfer.epochs and phase1.done():
         phase1.restore(classifier)
         history["transfer"] = phase1.history({})
@@ -110,7 +140,8 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
               f"({unfrozen[0]} .. {unfrozen[-1]})" if unfrozen else "[xfer] fine-tune: nothing unfrozen",
               flush=True)
         history["fine_tune"] = run_phase(
-            run, "fine_tune", t.fine_tune, resume.Phase(run.backup_root, "fine_tune"), classifier,
+            run, "fine_tune", t.fine_tune, resume.Phase(run.backup_root, "fine_tune", task=phase1.task,
+                                                        scratch=scratch), classifier,
             run.images("train", training=True), run.images("eval", training=False),
             initial_epoch=_epochs_run(history.get("transfer", {})), base_variables=base.trainable_variables)
         print(f"[xfer] fine-tune done: {_epochs_run(history['fine_tune'])} epochs in "
@@ -123,10 +154,35 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
         last = t.fine_tune if t.fine_tune.enabled and t.fine_tune.epochs else t.transfer
         with chosen.strategy.scope():
             model_lib.compile_for(classifier, last.optimizer, last.learning_rate, run.steps_per_execution)
+    if chosen.kind == "multi_worker":
+        classifier = _single_worker_copy(classifier, t, run)
+        # Past this point no worker reads the backups, and no collective is left to join.
+        strategy_lib.barrier(chosen)
+        if scratch is not None:
+            return
     _export(fn_args, s, classifier, tft_output, names, history, started_from)
     if t.reports:
         _reports(run, classifier, history, names)
     resume.clear(run.backup_root)
+
+
+def _single_worker_copy(classifier: tf.keras.Model, t: TrainConfig, run: "Run") -> tf.keras.Model:
+    """The trained classifier as a plain model, its variables outside the multi-worker
+    strategy, for the export and the reports.
+
+    Under MultiWorkerMirroredStrategy BatchNorm's statistics are read through a
+    collective across the workers; a function traced on the trained model (the serving
+    signatures, the reports' passes) would carry those collectives into the SavedModel
+    ("Tried to export a function which references an 'untracked' resource": the
+    collective's ordering token) and block on the chief alone. Every worker reads the
+    weights here, in step; then only the chief exports, from the copy. The copy is
+    compiled with the last phase's plain training config (as with a recipe) and carries
+    no optimizer state."""
+    copy_ = tf.keras.models.clone_model(classifier)
+    copy_.set_weights(classifier.get_weights())
+    last = t.fine_tune if t.fine_tune.enabled and t.fine_tune.epochs else t.transfer
+    model_lib.compile_for(copy_, last.optimizer, last.learning_rate, run.steps_per_execution)
+    return copy_
 
 
 @dataclass
@@ -151,7 +207,10 @@ class Run:
 
     @classmethod
     def prepare(cls, fn_args, t: TrainConfig, chosen, tft_output,
-                class_weight: Optional[dict] = None, num_classes: Optional[int] = None) -> "Run":
+                class_weight: Optional[dict] = None, num_classes: Optional[int] = None,
+                backup_of=None) -> "Run":
+        """backup_of: the FnArgs whose backup folder to use (resume.backup_dir), when
+        fn_args' output folders are a non-chief worker's own; default fn_args."""
         augmenter = augment.build_augmenter(t.augment, t.seed)
         mixer = recipe.mixer(t.augment, num_classes, t.seed) if num_classes else None
         steps, val_steps = t.steps_per_epoch, None
@@ -178,7 +237,7 @@ class Run:
             print(f"[xfer] steps_per_execution {spe}{how}: {n_train} train / {n_eval} eval examples ({source}), "
                   f"{steps} steps an epoch, {val_steps} eval steps", flush=True)
         return cls(fn_args, t, chosen, tft_output, augmenter, steps, val_steps,
-                   resume.backup_dir(fn_args) if t.resume else None, class_weight, mixer, spe)
+                   resume.backup_dir(backup_of or fn_args) if t.resume else None, class_weight, mixer, spe)
 
     def epoch_steps(self) -> int:
         """Optimizer steps in an epoch, for a learning-rate schedule: train.steps_per_epoch,
@@ -300,7 +359,11 @@ def _cached_features(run: Run, classifier: tf.keras.Model):
         features_model, head = model_lib.split_at_pool(classifier)
     # A TPU keeps its batches and variables as they are; elsewhere the weights are frozen
     # into the graph and the batches are larger (feature_cache.extractor, EXTRACT_BATCH).
-    predict = feature_cache.extractor(features_model, freeze=not run.on_tpu)
+    # With several workers the frozen BatchNorm statistics are variables synchronized on
+    # read: reading one is a collective across the workers, which graph freezing cannot
+    # turn into a constant ("missing required arguments ... CollectiveReduceV2"). There
+    # every worker extracts every batch with the plain function, in step with the others.
+    predict = feature_cache.extractor(features_model, freeze=not run.on_tpu and run.chosen.kind != "multi_worker")
     size = None if run.on_tpu else max(feature_cache.EXTRACT_BATCH, run.train.batch_size)
     train_x, train_y = feature_cache.extract(predict, run.images("train", training=False, batch_size=size))
     eval_x, eval_y = feature_cache.extract(predict, run.images("eval", training=False, batch_size=size))
