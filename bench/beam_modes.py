@@ -11,6 +11,7 @@ of the tree over the step's wall seconds (200% = both cores of this machine busy
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,11 +36,13 @@ def main() -> None:
     results = {}
     for n in sizes:
         for mode, sets in MODES.items():
-            results[n, mode] = measure(work, n, (sets,), tag="-" + mode.split()[0])
+            load = os.getloadavg()[0]  # a shared machine's other work slows either mode: say how much there was
+            results[n, mode] = {**measure(work, n, (sets,), tag="-" + mode.split()[0]), "load": load}
             for step in BEAM:  # as measured, so an interrupted run keeps what it had
                 r = results[n, mode][step]
                 print(f"[beam_modes] {n} {mode} {step}: {r['seconds']:.1f} s, peak {r['peak_gb']:.2f} GB, "
-                      f"CPU {100 * r['cpu_seconds'] / max(r['seconds'], 1e-9):.0f}%", flush=True)
+                      f"CPU {100 * r['cpu_seconds'] / max(r['seconds'], 1e-9):.0f}% (load average {load:.1f} "
+                      f"at the start)", flush=True)
     print(report(sizes, results))
 
 
@@ -70,6 +73,9 @@ def report(sizes: list[int], results: dict) -> str:
         "peak of the process tree (multi_processing's workers included), CPU % of one core:",
         "",
         *lines,
+        "",
+        "Load average (1 min) of the machine as each ran: " + ", ".join(
+            f"{n:,} {m} {results[n, m]['load']:.1f}" for n in sizes for m in MODES if "load" in results[n, m]) + ".",
         "",
     ])
 
