@@ -221,6 +221,17 @@ def check_phase(t, phase: str) -> None:
             "(and train.fine_tune.epochs above 0)")
 
 
+def check_one_process() -> None:
+    """LrFindError when TF_CONFIG names several workers: lr-find is one process, and
+    MultiWorkerMirroredStrategy would wait for peers that never come."""
+    from xfer.components import strategy as strategy_lib
+    workers = strategy_lib.workers_named()
+    if workers > 1:
+        raise LrFindError(f"lr-find runs in one process, but TF_CONFIG names {workers} workers; run it "
+                          "without TF_CONFIG (unset TF_CONFIG): the rate it finds for train.batch_size "
+                          "holds for the same global batch on several workers")
+
+
 def find(s, fn_args, phase: str, log: Callable[[str], None] = print, steps: int = MAX_STEPS) -> Result:
     """The range test for `phase` of the Trainer configured by `s` (TrainerSettings), on
     fn_args.train_files with the transform graph at fn_args.transform_graph_path.
@@ -235,6 +246,7 @@ def find(s, fn_args, phase: str, log: Callable[[str], None] = print, steps: int 
     from xfer.components import trainer
 
     check_phase(s.train, phase)
+    check_one_process()
     # A throwaway copy: no epoch backups, no reports or TensorBoard logs, nothing exported.
     t = s.train.model_copy(update={"resume": False, "reports": False})
     tf.keras.utils.set_random_seed(t.seed)

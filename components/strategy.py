@@ -42,6 +42,11 @@ def _workers_in_tf_config(env: dict) -> int:
     return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
 
 
+def workers_named(env: Optional[dict] = None) -> int:
+    """How many workers (chief included) TF_CONFIG names; 0 without TF_CONFIG."""
+    return _workers_in_tf_config(os.environ if env is None else env)
+
+
 def _find_tpu(tpu: Optional[str], resolver_factory: Callable) -> Optional[object]:
     """A TPU cluster resolver when a TPU is configured or discoverable, else None."""
     try:

@@ -44,6 +44,7 @@ def lr_find(config: Config, phase: str, steps: Optional[int] = None) -> list[str
 
     try:
         finder.check_phase(config.train, phase)  # before any step runs
+        finder.check_one_process()
     except finder.LrFindError as e:
         raise ConfigError(str(e)) from None
     t = config.train

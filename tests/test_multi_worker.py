@@ -26,14 +26,14 @@ import tensorflow as tf
 from test_trainer_run import _spec, as_data_check_wrote, data, fn_args, trainer_config  # noqa: F401  (fixture)
 
 HERE = Path(__file__).parent
-# One worker against two, same global batch and seed. Measured here (cached features
-# on, phase 2 on images): per-epoch losses differ by at most ~2e-7 and accuracies are
-# equal; the two runs sum the same gradients in another order (an all-reduce across
-# processes against one batch's mean) and read cached features computed by another
-# function (frozen graph against plain). 1e-4 leaves a wide margin over float rounding
-# and still fails on any real difference (a batch trained twice or missed moves the
-# loss by ~1e-3 or more).
-LOSS_ATOL = 1e-4
+# One worker against two, same global batch and seed. Measured here: phase 1's losses
+# and every accuracy equal, phase 2's losses (train and validation) differ by at most
+# 2.4e-7 (one float32 ulp at 2.3): the two sum the same gradients in another order (an
+# all-reduce across processes against one batch's mean). 1e-5 is 40 times that. The
+# batches themselves are checked example by example in the test above; with random
+# MobileNetV2 weights the loss barely moves (2.307 to 2.303), so this checks the
+# arithmetic, not learning.
+LOSS_ATOL = 1e-5
 
 
 def free_ports(n: int) -> list[int]:
@@ -148,8 +148,11 @@ def test_two_workers_see_each_example_once_per_epoch(one_and_two):
     for model in ("head", "xfer_mobilenet_v2"):
         for epoch in range(2):
             both = [v for step in range(6 * epoch, 6 * epoch + 6) for v in chief[model, step] + worker[model, step]]
-            assert len(both) == 96, (model, epoch)  # every example once: 96 of 96 distinct
-            assert len(set(np.round(np.log(np.abs(both) + 1e-30), 4))) == 96, (model, epoch)
+            # One worker's epoch is one pass over the 96 (a shuffle without repeat); the two
+            # workers' epoch is the same multiset of examples: each seen once, none twice.
+            alone = [v for step in range(6 * epoch, 6 * epoch + 6) for v in one[model, step]]
+            assert len(both) == len(alone) == 96, (model, epoch)
+            np.testing.assert_allclose(sorted(both), sorted(alone), rtol=1e-3, err_msg=str((model, epoch)))
 
 
 @pytest.mark.integration
@@ -232,3 +235,13 @@ def test_worker_killed_in_phase_2_restarts_and_both_resume(checked, tmp_path):
     assert not os.listdir(tmp_path / "model_run" / "_backup"), "backups removed once exported"
     probs = serve_one(tmp_path / "serving" / "1", checked["splits"]["eval"][0][1])
     assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-4 and np.isfinite(probs).all()
+
+
+def test_lr_find_refuses_several_workers(monkeypatch):
+    """lr-find is one process; with TF_CONFIG naming workers it stops before the strategy
+    (which would wait for its peers) is built."""
+    from settings_helpers import trainer_settings
+    from xfer.components import lr_find
+    monkeypatch.setenv("TF_CONFIG", tf_config([1, 2], 1))
+    with pytest.raises(lr_find.LrFindError, match="lr-find runs in one process, but TF_CONFIG names 2 workers"):
+        lr_find.find(trainer_settings(), None, "transfer")
