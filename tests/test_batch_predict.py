@@ -1,4 +1,4 @@
-"""`xfer predict` in batch (issue 20, item 6): every file under a folder or every record of
+"""`xfer predict` in batch: every file under a folder or every record of
 TFRecord files, streamed in batches through the real `xfer` console script, one result
 line per input (predicted, an error naming the reason, or skipped with a reason), JSON
 Lines written beside and renamed, and memory that does not grow with the number of

@@ -1,5 +1,5 @@
 """xfer lr-find: the suggestion rule on synthetic loss curves, the bad inputs, and the
-issue's test: the suggested rate, used on the digits with VGG16 from random init, trains
+proof that matters: the suggested rate, used on the digits with VGG16 from random init, trains
 to at least the accuracy the demo reaches with its hand-picked rate."""
 import json
 import re

@@ -1,4 +1,4 @@
-"""The training recipe (issue 20): learning-rate schedules per optimizer step, discriminative
+"""The training recipe: learning-rate schedules per optimizer step, discriminative
 rates in phase 2, label smoothing, MixUp and CutMix, their config errors, and one real
 Trainer run with all of them."""
 import json

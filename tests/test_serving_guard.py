@@ -1,4 +1,4 @@
-"""The exported serving signatures on untrusted input (issue 16, item 1): a decompression
+"""The exported serving signatures on untrusted input: a decompression
 bomb is refused from its header without being decoded, one bad image never fails the
 others, an empty batch is fine, an oversized batch is refused naming the limit, and the
 limits are written beside the model. A tiny real model goes through the real export path
@@ -129,7 +129,7 @@ def _png_bomb():
 
 # Decompression bombs: (bytes, the error expected). Each is small on the wire.
 BOMBS = {
-    # 0.4 MB; decoded unguarded: 6.6-7 GB of process growth (issue 16).
+    # 0.4 MB; decoded unguarded: 6.6-7 GB of process growth.
     "png_20000x20000": (_png_bomb, "too large: 20000x20000 pixels > serving.max_pixels (40000000)"),
     # 0.3 MB whose header says 10x10: TensorFlow decodes its one frame at 20000x20000 (1.5 GB
     # measured here, before any resize), so the header alone would let it through.

@@ -1,4 +1,4 @@
-"""Scheduled data (issue 18): a window of spans, and the drift gate between spans. Real
+"""Scheduled data: a window of spans, and the drift gate between spans. Real
 pipelines up to DataCheck on spans cut from the CIFAR subset's real images."""
 import json
 

@@ -1,4 +1,4 @@
-"""Test-time augmentation (issue 20, item 3): `eval.tta: flips` makes the Evaluator call
+"""Test-time augmentation: `eval.tta: flips` makes the Evaluator call
 `serving_examples_flips`, the mean of the softmax on each image and on its horizontal
 mirror; serving_default stays one pass unless `serving.tta: flips`; a served model
 exported before TTA existed is evaluated in one pass alongside the candidate, and the
