@@ -185,22 +185,23 @@ def scale_tf(probabilities, temperature: float):
 
 
 def _served(signature, transform_features, eval_files: list[str]):
-    """(records, probabilities, labels, classified) of the eval split through `signature`."""
+    """(in the fit half, probabilities, labels, classified, abstained) per eval example
+    through `signature`; only each record's half is kept, not the record."""
     import tensorflow as tf
 
     from xfer.components import inputs
     from xfer.components.transform import LABEL
 
-    records, probs, labels, ok, abstained = [], [], [], [], []
+    halves, probs, labels, ok, abstained = [], [], [], [], []
     for batch in inputs.read_records(eval_files).batch(BATCH):
         out = signature(examples=batch)
-        records += [bytes(r) for r in batch.numpy()]
+        halves += [in_fit_half(bytes(r)) for r in batch.numpy()]
         probs.append(out["probabilities"].numpy())
         labels.append(tf.reshape(transform_features(examples=batch)[LABEL], [-1]).numpy())
         ok.append(out["error"].numpy() == b"")
         abstained.append(out["abstained"].numpy())
     cat = np.concatenate
-    return records, cat(probs), cat(labels).astype(np.int64), cat(ok), cat(abstained)
+    return np.array(halves, dtype=bool), cat(probs), cat(labels).astype(np.int64), cat(ok), cat(abstained)
 
 
 def for_export(build, eval_files: list[str], s, model_run_dir: str) -> tuple[dict, float]:
@@ -221,11 +222,10 @@ def for_export(build, eval_files: list[str], s, model_run_dir: str) -> tuple[dic
     tf.io.gfile.makedirs(model_run_dir)
     # What serving_default answers: one pass, or the flips' mean when serving.tta is on.
     served = TTA_SIGNATURES[s.serving.tta] if s.serving.tta else SERVING_EXAMPLES
-    records, probs, labels, ok, _ = _served(sigs[served], sigs[TRANSFORM_FEATURES], eval_files)
+    halves, probs, labels, ok, _ = _served(sigs[served], sigs[TRANSFORM_FEATURES], eval_files)
     report = Report(examples=int(ok.sum()), abstain_below=s.serving.abstain_below)
     temperature = 1.0
     if s.calibrate == "temperature":
-        halves = np.array([in_fit_half(r) for r in records], dtype=bool)
         fit, measure = halves & ok, ~halves & ok
         if not fit.any() or not measure.any():
             print(f"[xfer] calibration: not calibrated: the eval split's {report.examples} classified "

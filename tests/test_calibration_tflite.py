@@ -6,6 +6,7 @@ figures are recomputed here from the exported model itself.
 """
 import glob
 import json
+import os
 import re
 import shutil
 
@@ -83,8 +84,11 @@ def run(tmp_path_factory):
                "--set", "eval.calibrate=temperature", "--set", f"serving.abstain_below={ABSTAIN}",
                "--set", "push.tflite=int8", "--set", f"push.tflite_min_agreement={MIN_AGREEMENT}").stdout
     pipeline_root = root / "pipeline_root"
-    model_run, = glob.glob(str(pipeline_root / "Trainer" / "model_run" / "*"))
-    examples, = glob.glob(str(pipeline_root / "DataCheck" / "checked_examples" / "*"))
+    # The step outputs this run made (the ids in the paths are the store's).
+    model_run, = (os.path.dirname(p) for p in glob.glob(
+        str(pipeline_root / "Trainer" / "model_run" / "*" / calibration.CALIBRATION_JSON)))
+    examples, = (os.path.dirname(p) for p in glob.glob(
+        str(pipeline_root / "DataCheck" / "checked_examples" / "*" / "Split-eval")))
     yield {"root": root, "out": out, "version": root / "serving" / "1", "model_run": model_run,
            "examples": examples, "report": calibration.read(model_run)}
     shutil.rmtree(root, ignore_errors=True)
@@ -217,10 +221,27 @@ def test_int8_tflite_agreement_is_measured_and_a_higher_threshold_blocks_the_fil
         pytest.skip("int8 agreed on every eval example: no threshold <= 1 lies above it")
     above = report["agreement"] + 1e-6
     folder = tmp_path / "version"
-    model_dir = glob.glob(str(run["root"] / "pipeline_root" / "Trainer" / "model" / "*" / "Format-Serving"))[0]
-    assert tflite_export.write(model_dir, str(folder), "int8", run["examples"], above) is None
+    # The pushed version is the Trainer's SavedModel with its extras beside it.
+    assert tflite_export.write(str(version), str(folder), "int8", run["examples"], above) is None
     assert not (folder / "assets.extra" / "model.tflite").exists()
     blocked = tflite_export.read_report(str(folder))
     assert blocked["agreement"] == report["agreement"] and not blocked["written"]
     assert f"on {report['agreement']:.4f} of {report['examples']} eval examples, below " \
            f"push.tflite_min_agreement {above:g}; the SavedModel is pushed without it" in blocked["why"]
+
+
+def test_a_version_pushed_with_tflite_true_is_the_float32_one(tmp_path):
+    """Versions pushed before the kinds recorded `"tflite": true`: the same model asking for
+    float32 now is that version (no new one); asking for int8 is a new version."""
+    import tensorflow as tf
+
+    from xfer.components import pusher
+    model = tmp_path / "model"
+    tf.saved_model.save(tf.Module(), str(model))
+    old = tmp_path / "serving" / "1"
+    shutil.copytree(model, old)
+    (old / pusher.SOURCE_FILE).write_text(json.dumps({"model_uri": "uri", "tflite": True}))
+    (old / pusher.COMPLETE_MARKER).write_text("")
+    assert pusher.push_version(str(model), "uri", str(tmp_path / "serving"), None, tflite="float32") == \
+        (str(old), False)
+    assert pusher._source_of(str(old)) != {"model_uri": "uri", "tflite": "int8"}
