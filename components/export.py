@@ -166,15 +166,3 @@ def write_serving_json(model_dir: str, image_size: int, serving: Optional[Servin
                    "error": "empty when the image was classified; else why not (then probabilities are "
                             "zeros, class_id -1, class_name empty)"}, f, indent=1)
     return path
-
-
-def write_tflite(model: tf.keras.Model, path: str) -> None:
-    """The same classifier as TFLite, for devices: input float32 [1, size, size, 3] RGB in
-    [0, 255] (decode and resize on the device), output class probabilities. Class names
-    are in labels.txt beside it. The backbone's normalization is inside, as in serving."""
-    size = model.input_shape[1]
-    predict = tf.function(lambda image: model(image, training=False))
-    concrete = predict.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32, name="image"))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(converter.convert())

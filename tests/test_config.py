@@ -81,9 +81,10 @@ def test_step_settings_carry_only_what_the_step_uses():
                                                            "image_size"}
     assert set(c.trainer_settings("f").model_dump()) == {"code_fingerprint", "image_key", "labels_file",
                                                          "num_classes", "model", "train", "serving", "calibrate"}
-    # The Pusher writes the model card: it names the thresholds that judged the model.
+    # The Pusher writes the model card (it names the thresholds that judged the model) and
+    # runs the canary on the eval images (image_key).
     assert set(c.pusher_settings("f").model_dump()) == {"code_fingerprint", "keep", "tflite", "tflite_min_agreement",
-                                                        "vertex_model_registry", "eval", "image"}
+                                                        "vertex_model_registry", "eval", "image", "image_key"}
 
 
 def test_export_options_are_not_in_the_trainers_cache_key():
