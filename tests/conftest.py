@@ -18,9 +18,12 @@ XFER = str(Path(sys.executable).parent / "xfer")
 
 # The heaviest files first (`make test`'s --durations list): two xdist workers take a
 # file at a time, and a long file begun last would leave one core idle at the end.
-HEAVY_FIRST = ["test_lr_find.py", "test_evaluate_push.py", "test_insight.py", "test_warm_start.py",
-               "test_pipeline_local.py", "test_class_imbalance.py", "test_data_validation.py",
-               "test_run_faults.py", "test_submit.py", "test_spans.py", "test_trainer_run.py"]
+HEAVY_FIRST = ["test_lr_find.py", "test_docs.py", "test_multi_worker.py", "test_evaluate_push.py",
+               "test_calibration_tflite.py", "test_served_versions.py", "test_insight.py", "test_canary.py",
+               "test_predict_faults.py", "test_warm_start.py", "test_pipeline_local.py", "test_image_bombs.py",
+               "test_class_imbalance.py", "test_ui_browser.py", "test_data_validation.py", "test_run_faults.py",
+               "test_submit.py", "test_spans.py", "test_interrupts.py", "test_trainer_run.py", "test_compile.py",
+               "test_kfp_conformance.py"]
 
 
 def pytest_collection_modifyitems(items):
