@@ -156,14 +156,16 @@ def _train_and_export_as(fn_args, outputs, s: TrainerSettings, chosen: strategy_
             model_lib.compile_for(classifier, last.optimizer, last.learning_rate, run.steps_per_execution)
     if chosen.kind == "multi_worker":
         classifier = _single_worker_copy(classifier, t, run)
-        # Past this point no worker reads the backups, and no collective is left to join.
-        strategy_lib.barrier(chosen)
-        if scratch is not None:
-            return
-    _export(fn_args, s, classifier, tft_output, names, history, started_from)
-    if t.reports:
-        _reports(run, classifier, history, names)
-    resume.clear(run.backup_root)
+    if scratch is None:
+        _export(fn_args, s, classifier, tft_output, names, history, started_from)
+        if t.reports:
+            _reports(run, classifier, history, names)
+    # Every worker waits for the chief's export: the cluster ends together (a worker
+    # gone early shows in the chief's log as a heartbeat timeout), and no worker still
+    # reads the backups when the chief removes them.
+    strategy_lib.barrier(chosen)
+    if scratch is None:
+        resume.clear(run.backup_root)
 
 
 def _single_worker_copy(classifier: tf.keras.Model, t: TrainConfig, run: "Run") -> tf.keras.Model:
