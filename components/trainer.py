@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
 import json
 import os
 import shutil
@@ -76,8 +77,13 @@ def _train_and_export(fn_args, s: TrainerSettings) -> None:
     # TF's multi-worker saving rules: every worker saves the model, the reports' passes and
     # the logs (saving reads distributed variables through collectives, which need every
     # worker), but a non-chief writes them to a folder of its own, removed at the end;
-    # only the chief's copy is the run's output.
-    scratch = tempfile.mkdtemp(prefix=f"xfer-{strategy_lib.task_name(chosen)}-")
+    # only the chief's copy is the run's output. The folder's name is fixed by the run's
+    # output and the task, so a worker killed midway and restarted (as Vertex restarts a
+    # job) removes what its killed self left before it writes again.
+    key = hashlib.blake2b(fn_args.model_run_dir.encode(), digest_size=6).hexdigest()
+    scratch = os.path.join(tempfile.gettempdir(), f"xfer-{strategy_lib.task_name(chosen)}-{key}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
     print(f"[xfer] {strategy_lib.task_name(chosen)}: the chief writes the model, reports and logs; this "
           f"worker writes its copies to {scratch}, removed at the end", flush=True)
     own = copy.copy(fn_args)

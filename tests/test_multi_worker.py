@@ -53,10 +53,12 @@ def tf_config(ports: list[int], index: int) -> str:
     return json.dumps({"cluster": cluster, "task": task})
 
 
-def start(spec: Path, log: Path, config: str = None) -> subprocess.Popen:
+def start(spec: Path, log: Path, config: str = None, tmpdir: Path = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     if config:
         env["TF_CONFIG"] = config
+    if tmpdir:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.Popen([sys.executable, str(HERE / "trainer_job.py"), str(spec), "--count-examples"],
                             stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, cwd=str(HERE.parent),
                             start_new_session=True)
@@ -200,8 +202,10 @@ def test_worker_killed_in_phase_2_restarts_and_both_resume(checked, tmp_path):
                  fine_tune={"enabled": True, "epochs": 2, "learning_rate": 1e-3, "fraction": 0.1})
     spec = _spec(fn_args(checked, tmp_path, cfg), tmp_path / "job.json")
     ports = free_ports(2)
-    chief = start(spec, tmp_path / "chief.log", tf_config(ports, 0))
-    worker = start(spec, tmp_path / "worker.log", tf_config(ports, 1))
+    scratch = tmp_path / "tmpdir"  # the workers' TMPDIR: what a killed worker leaves there is seen
+    scratch.mkdir()
+    chief = start(spec, tmp_path / "chief.log", tf_config(ports, 0), scratch)
+    worker = start(spec, tmp_path / "worker.log", tf_config(ports, 1), scratch)
     deadline = time.monotonic() + 600
     # Both have backed up phase 2's first epoch (the epoch line shows after the backup).
     while not all("[xfer] fine-tune epoch 2:" in (tmp_path / f"{n}.log").read_text() for n in ("chief", "worker")):
@@ -218,8 +222,9 @@ def test_worker_killed_in_phase_2_restarts_and_both_resume(checked, tmp_path):
     assert not (tmp_path / "serving" / "1" / "saved_model.pb").exists()
     for log in ("chief", "worker"):
         (tmp_path / f"{log}.log").rename(tmp_path / f"{log}-before.log")
-    procs = [start(spec, tmp_path / "chief.log", tf_config(ports, 0)),
-             start(spec, tmp_path / "worker.log", tf_config(ports, 1))]
+    assert [p.name for p in scratch.glob("xfer-worker-*")], "the killed worker's folder is there before the restart"
+    procs = [start(spec, tmp_path / "chief.log", tf_config(ports, 0), scratch),
+             start(spec, tmp_path / "worker.log", tf_config(ports, 1), scratch)]
     codes = wait_all(procs, 600)
     logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("chief", "worker")}
     assert codes == [0, 0], logs
@@ -233,6 +238,7 @@ def test_worker_killed_in_phase_2_restarts_and_both_resume(checked, tmp_path):
     h = history(tmp_path / "model_run" / "1")
     assert len(h["transfer"]["loss"]) == 1 and len(h["fine_tune"]["loss"]) == 2
     assert not os.listdir(tmp_path / "model_run" / "_backup"), "backups removed once exported"
+    assert not list(scratch.glob("xfer-worker-*")), "the restarted worker removed its killed self's folder"
     probs = serve_one(tmp_path / "serving" / "1", checked["splits"]["eval"][0][1])
     assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-4 and np.isfinite(probs).all()
 
