@@ -14,6 +14,8 @@ The rules, each with where Vertex states it (API v1):
   (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/MachineSpec#AcceleratorType),
   attached "as per acceleratorCount": a count needs a type, and a type a count of 1 or more
   (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/MachineSpec).
+- Several workers set Scheduling.restartJobOnWorkerRestart, so a restarted replica
+  restarts them all (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/CustomJobSpec#Scheduling).
 - The field names are WorkerPoolSpec's: the spec is parsed into the google-cloud-aiplatform
   v1 message (the client TFX's Vertex Trainer submits with), which refuses unknown fields.
 """
@@ -86,4 +88,11 @@ def training_args(v, image: str) -> dict:
                           f"host (TPUStrategy), not several: set workers: 1, or a GPU type for several workers")
     pools = worker_pool_specs(v, image)
     check(pools)
-    return {"project": v.project, "worker_pool_specs": pools}
+    args = {"project": v.project, "worker_pool_specs": pools}
+    if v.workers > 1:
+        # A worker lost mid-epoch fails the others' next collective (MultiWorkerMirroredStrategy
+        # has no elastic membership: tests/test_multi_worker.py); what resumes them is a restart
+        # of every replica, from the epoch backup. Vertex does that with this field
+        # (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/CustomJobSpec#Scheduling).
+        args["scheduling"] = {"restart_job_on_worker_restart": True}
+    return args

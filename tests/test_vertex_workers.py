@@ -95,8 +95,14 @@ def test_compiled_vertex_job_has_the_chief_and_the_workers(tmp_path):
     xfer("compile", *KUBEFLOW, "--target", "vertex", "--out", str(out), "--set",
          "kubeflow.vertex_training={project: p1, region: us-central1, workers: 4, accelerator_type: NVIDIA_L4, "
          "accelerator_count: 2}")
-    pools = _trainer_custom_config(out)["ai_platform_training_args"]["worker_pool_specs"]
+    args = _trainer_custom_config(out)["ai_platform_training_args"]
+    pools = args["worker_pool_specs"]
     assert [p["replica_count"] for p in pools] == [1, 3]
+    # One replica lost fails the others' collectives: the whole job restarts, and TFX's
+    # Vertex client takes these args as the CustomJobSpec, which must accept the field.
+    assert args["scheduling"] == {"restart_job_on_worker_restart": True}
+    from google.cloud.aiplatform_v1.types import CustomJobSpec
+    assert CustomJobSpec(worker_pool_specs=pools, scheduling=args["scheduling"]).scheduling.restart_job_on_worker_restart
     for p in pools:
         assert p["container_spec"]["image_uri"] == IMAGE
         assert p["machine_spec"] == {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_L4",
