@@ -150,28 +150,16 @@ def _slice_value(key) -> str:
 
 def confusion_lines(uri: str) -> list[str]:
     """The candidate's confusion matrix on the overall slice, with per-class precision/recall."""
-    import numpy as np
-    import tensorflow_model_analysis as tfma
+    from xfer.components.kfp_artifacts import confusion_matrix  # the one reader of TFMA's matrix
 
-    for plots in tfma.load_plots(uri):
-        if plots.slice_key.single_slice_keys:
-            continue
-        for kv in plots.plot_keys_and_values:
-            matrices = kv.value.multi_class_confusion_matrix_at_thresholds.matrices
-            if kv.key.model_name == "baseline" or not matrices:
-                continue
-            entries = matrices[0].entries  # threshold 0: the argmax prediction
-            n = 1 + max(max(e.actual_class_id, e.predicted_class_id) for e in entries)
-            m = np.zeros((n, n), dtype=np.int64)
-            for e in entries:
-                if e.actual_class_id >= 0 and e.predicted_class_id >= 0:
-                    m[e.actual_class_id, e.predicted_class_id] += int(e.num_weighted_examples)
-            lines = ["  confusion matrix (rows: true class, columns: predicted):"]
-            lines += ["    " + " ".join(f"{v:5d}" for v in row) + f"   class {i}: precision "
-                      f"{m[i, i] / max(1, m[:, i].sum()):.3f} recall {m[i, i] / max(1, m[i].sum()):.3f}"
-                      for i, row in enumerate(m)]
-            return lines
-    return []
+    m = confusion_matrix(uri)
+    if m is None:
+        return []
+    lines = ["  confusion matrix (rows: true class, columns: predicted):"]
+    lines += ["    " + " ".join(f"{v:5d}" for v in row) + f"   class {i}: precision "
+              f"{m[i, i] / max(1, m[:, i].sum()):.3f} recall {m[i, i] / max(1, m[i].sum()):.3f}"
+              for i, row in enumerate(m)]
+    return lines
 
 
 def view_evaluation(uri: str, blessed: Optional[bool], ev) -> list[str]:
