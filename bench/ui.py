@@ -26,17 +26,9 @@ import threading
 import time
 import urllib.request
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 Event = metadata_store_pb2.Event
-
-
-def writable(path: str) -> metadata_store.MetadataStore:
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(cfg)
 
 
 def copy_runs(store, pipeline_name: str, wanted: int) -> list[str]:
@@ -100,9 +92,9 @@ def main() -> int:
         os.makedirs(work, exist_ok=True)
         shutil.copy(source.metadata_path, config.metadata_path)
         t0 = time.perf_counter()
-        store = writable(config.metadata_path)
+        from xfer.pipeline.store import open_store, pipeline_runs
+        store = open_store(config.metadata_path, writable=True)
         ids = copy_runs(store, config.name, args.runs)
-        from xfer.pipeline.store import pipeline_runs
         newest = pipeline_runs(store, config.name)[0].name
         result = os.path.join(report_folder(args.root, newest), "result.json")
         if not os.path.exists(result):

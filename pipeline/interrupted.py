@@ -18,20 +18,13 @@ import glob
 import os
 import shutil
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from xfer.components.settings import Config
+from xfer.pipeline import store as mlmd
 
 Execution = metadata_store_pb2.Execution
 Artifact = metadata_store_pb2.Artifact
-
-
-def _writable_store(path: str) -> metadata_store.MetadataStore:
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(cfg)
 
 
 def clean_up(config: Config) -> list[str]:
@@ -44,7 +37,7 @@ def clean_up(config: Config) -> list[str]:
             done.append(f"removed {staging}, a version an interrupted run was copying")
     if not os.path.exists(config.metadata_path):
         return done
-    store = _writable_store(config.metadata_path)
+    store = mlmd.open_store(config.metadata_path, writable=True)
     running = [e for e in store.get_executions() if e.last_known_state == Execution.RUNNING]
     for execution in running:
         events = store.get_events_by_execution_ids([execution.id])

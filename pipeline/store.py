@@ -24,10 +24,12 @@ def existing_store(config) -> str:
     return config.metadata_path
 
 
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+def open_store(metadata_path: str, writable: bool = False) -> metadata_store.MetadataStore:
+    """Read-only unless `writable` (only the next run marking an interrupted one writes)."""
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    mode = metadata_store_pb2.SqliteMetadataSourceConfig
+    cfg.sqlite.connection_mode = mode.READWRITE if writable else mode.READONLY
     return metadata_store.MetadataStore(cfg)
 
 
