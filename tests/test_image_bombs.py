@@ -101,6 +101,7 @@ def run_data_check(examples_uri: str, split_names: str, out_uri: str, params: di
     from tfx.types import standard_artifacts
 
     from xfer.components.data_check import DataCheck
+    from xfer.components.kfp_artifacts import HTML
     from xfer.pipeline.pipeline import in_process_beam_args
 
     examples = standard_artifacts.Examples()
@@ -110,12 +111,14 @@ def run_data_check(examples_uri: str, split_names: str, out_uri: str, params: di
     os.makedirs(anomalies.uri)
     checked = standard_artifacts.Examples()
     checked.uri = os.path.join(out_uri, "checked")
+    report = HTML()  # the step's page for the Kubeflow UI (components/kfp_artifacts.py)
+    report.uri = os.path.join(out_uri, "report")
     executor = DataCheck.EXECUTOR_SPEC.executor_class(
         BaseBeamExecutor.Context(beam_pipeline_args=in_process_beam_args(["--direct_running_mode=in_memory"])))
     error, printed = None, io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            executor.Do({"examples": [examples], "anomalies": [anomalies]}, {"checked_examples": [checked]},
+            executor.Do({"examples": [examples], "anomalies": [anomalies]}, {"checked_examples": [checked], "report": [report]},
                         {"image_key": "image", "label_key": "label", "num_classes": 3, "on_anomaly": "fail",
                          "max_bad_fraction": 0.05, "image_size": 32, **params})
     except Exception as e:  # noqa: BLE001 - reported to the test
