@@ -128,8 +128,8 @@ class Blessing:
         if self.blessed and first and ev.min_accuracy is None:
             # The Evaluator blesses this case (components/evaluator.py): with no model served,
             # a change threshold has nothing to compare with, and no value threshold is set.
-            return ("BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no model "
-                    "served yet; the change threshold applies from the next run")
+            return ("BLESSED: nothing to fail: no value threshold (eval.min_accuracy) and no served "
+                    "model to compare with; the change threshold applies from the next run")
         if self.blessed:
             text = "BLESSED: every threshold passed"
         else:
