@@ -82,7 +82,10 @@ def test_a_3gb_file_in_the_folder_is_refused_by_its_size_unread(served, tmp_path
     code, _, err, without = _measured(["predict", str(served["dir"]), "--folder", str(d)])
     assert code == 0, err
     print(f"peak RSS with a 3 GiB file in the folder: {peak:.0f} MB; without it: {without:.0f} MB")
-    assert peak < 2048 and peak < without + 256, f"peak RSS {peak:.0f} MB ({without:.0f} without): the file was read"
+    # Reading the file would add its 3,072 MB; the model's own footprint varies with the
+    # machine's load and threads (1.3 GB quiet, 2.7 GB under a busy test suite), so the
+    # bound is against the same command without the file.
+    assert peak < without + 256, f"peak RSS {peak:.0f} MB ({without:.0f} without): the file was read"
     with open(d / "b-huge.png", "wb") as f:
         f.truncate(3 << 30)
     # The limit is the user's; the help states it.

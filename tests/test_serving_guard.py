@@ -85,7 +85,7 @@ def test_bad_images_get_their_own_error_and_the_others_exactly_their_own_result(
 def test_empty_batch_gives_empty_outputs(served):
     out = served["serve"](images=tf.constant([], tf.string))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "probabilities": (0, CLASSES), "class_id": (0,), "class_name": (0,), "error": (0,)}
+        "probabilities": (0, CLASSES), "class_id": (0,), "class_name": (0,), "error": (0,), "abstained": (0,)}
     # Every image refused: nothing reaches the model, each gets its own error.
     out = served["serve"](images=tf.constant([b"", b"hello"]))
     assert out["error"].numpy().tolist() == [b"empty image", UNDECODABLE]
@@ -105,7 +105,7 @@ def test_limits_are_written_beside_the_model(served):
     limits = json.loads((served["dir"] / "assets.extra" / "serving.json").read_text())
     assert limits["max_pixels"] == 40_000_000 and limits["max_batch"] == MAX_BATCH
     assert limits["image_size"] == SIZE
-    assert limits["outputs"] == ["probabilities", "class_id", "class_name", "error"]
+    assert limits["outputs"] == ["probabilities", "class_id", "class_name", "error", "abstained"]
 
 
 def _gif(frames, size, screen=None):
