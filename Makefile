@@ -34,7 +34,7 @@ endef
 # The browser tests' Chromium and its driver (tests/test_ui_browser.py), from Debian (needs
 # root; Selenium Manager cannot download a browser here).
 browser:
-	@test -x /usr/bin/chromedriver || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+	@test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 test: install browser
 	$(call in_own_tmp,$(VENV)/bin/python -m pytest -v -rs --durations=30 -n 2 --dist loadfile --no-loadscope-reorder -m "not container" tests)
