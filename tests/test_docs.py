@@ -108,15 +108,17 @@ def test_reference_gives_a_key_its_type_default_and_choices():
 
 # --- nothing of the machine or of how the work was organised --------------------------
 
-# A home, root or work folder of some machine: the path must start there (not gs://b/root/...).
-MACHINE_PATH = re.compile(r"(?<![\w.:/-])/(?:work|root|home)/")
-# Container paths that must stay: the image's uv cache mount and its user's home (each
-# written in two pieces, so that this file does not hold the paths it looks for).
+# A home, root or work folder of some machine: the path must start there (a bucket's folder
+# of the same name, after gs://bucket, is not one).
+# Each word below is written in pieces, so that this file does not hold what it looks for.
+MACHINE_PATH = re.compile(r"(?<![\w.:/-])/(?:" + "|".join(["wo" "rk", "ro" "ot", "ho" "me"]) + ")/")
+# Container paths that must stay: the image's uv cache mount and its user's home.
 ALLOWED_PATHS = {("Dockerfile", "target=/" "root/.cache/uv"), ("Dockerfile", "WORKDIR /" "home/xfer")}
-WORK_NOTES = re.compile(r"\bthis stop\b|\bthe stops? before\b|\bstop before's\b|\bstop \d+\b|"
-                        r"\bissues?\b|\bhelpers?\b|\bsessions?\b", re.IGNORECASE)
+WORK_NOTES = re.compile("|".join([r"\bthis st" r"op\b", r"\bthe st" r"ops? before\b", r"\bst" r"op before's\b",
+                                  r"\bst" r"op \d+\b", r"\bis" r"sues?\b", r"\bhel" r"pers?\b",
+                                  r"\bses" r"sions?\b"]), re.IGNORECASE)
 # pytest's own word for a fixture's scope.
-ALLOWED_NOTES = {'scope="session"'}
+ALLOWED_NOTES = {'scope="ses' 'sion"'}
 
 
 def test_no_machine_paths_or_work_notes_in_tracked_files():
