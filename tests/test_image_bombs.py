@@ -21,6 +21,7 @@ import pytest
 
 import xfer.components  # noqa: F401
 import tensorflow as tf
+from test_records_door import _write  # TFRecord files of the records given
 
 BOMB_SIDE = 20000
 
@@ -50,14 +51,6 @@ def png_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
 def real_png(seed: int, side: int = 32) -> bytes:
     pixels = tf.random.stateless_uniform([side, side, 3], [seed, 1], maxval=256, dtype=tf.int32)
     return tf.io.encode_png(tf.cast(pixels, tf.uint8)).numpy()
-
-
-def _write(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as w:
-        for r in records:
-            w.write(r)
-    return path
 
 
 def _data(base, bomb_at=None, n=40):
